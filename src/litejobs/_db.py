@@ -1,0 +1,336 @@
+"""The database file: opening it safely, one connection per thread, and write
+transactions wrapped in the retry policy.
+
+Rules this module enforces (they come from measurements, see docs/design.md):
+every write is ``BEGIN IMMEDIATE`` or one autocommit statement, every
+connection sets its own busy timeout, cursors are always fully consumed, and no
+raw ``apsw`` exception reaches a caller.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import threading
+from collections.abc import Callable, Sequence
+from importlib import resources
+from typing import Any, Literal, TypeVar
+
+import apsw
+
+from litejobs._clock import Clock, SystemClock
+from litejobs._errors import (
+    BusyError,
+    ConfigError,
+    LiteJobsError,
+    SchemaError,
+    StorageError,
+)
+from litejobs._retry import RetryCounter, RetryMetrics, RetryPolicy
+
+T = TypeVar("T")
+
+#: Marks a file as ours in the SQLite header ("LJob" in ASCII).
+APPLICATION_ID = 0x4C4A6F62
+#: Bumped whenever schema.sql changes; a file with a larger number is refused.
+SCHEMA_VERSION = 1
+
+Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+_STORAGE_ERRORS = (
+    apsw.CantOpenError,
+    apsw.ReadOnlyError,
+    apsw.PermissionsError,
+    apsw.IOError,
+    apsw.FullError,
+    apsw.CorruptError,
+)
+
+
+def _random_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def rows(conn: apsw.Connection, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list:
+    """Run one statement and consume its cursor completely.
+
+    A cursor left half-read keeps a read transaction open, which silently turns
+    the connection's next ``BEGIN IMMEDIATE`` into a savepoint.
+    """
+    return conn.execute(sql, params).fetchall()
+
+
+def translate(exc: apsw.Error, path: str) -> LiteJobsError:
+    """Map an apsw exception to the litejobs error a caller should see."""
+    if isinstance(exc, apsw.NotADBError):
+        return SchemaError(f"{path} is not a litejobs database (not an SQLite file)")
+    if isinstance(exc, _STORAGE_ERRORS):
+        return StorageError(f"cannot use database {path}: {exc}")
+    return LiteJobsError(f"unexpected SQLite error on {path}: {type(exc).__name__}: {exc}")
+
+
+def _create_private(path: str) -> None:
+    """Create a missing database file readable by its owner only (SQLite gives
+    the -wal and -shm files the same mode)."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StorageError(f"cannot create database {path}: {exc.strerror}") from None
+
+
+class Database:
+    """One litejobs database file, shared by any number of threads.
+
+    Open it with :meth:`Database.open`; every thread that uses it gets its own
+    apsw connection on first use.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        clock: Clock,
+        retry: RetryPolicy,
+        busy_timeout: float,
+        synchronous: Synchronous,
+        rng: random.Random,
+        new_id: Callable[[str], str],
+        vfs: str | None,
+    ) -> None:
+        self.path = path
+        self.clock = clock
+        self.retry = retry
+        self.busy_timeout_ms = round(busy_timeout * 1000)
+        self.synchronous = synchronous
+        self.new_id = new_id
+        self._rng = rng
+        self._vfs = vfs
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[apsw.Connection] = []
+        self._counter = RetryCounter()
+        self._closed = False
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        clock: Clock | None = None,
+        retry: RetryPolicy | None = None,
+        busy_timeout: float = 5.0,
+        synchronous: Synchronous = "NORMAL",
+        seed: int | None = None,
+        new_id: Callable[[str], str] | None = None,
+        vfs: str | None = None,
+    ) -> Database:
+        """Open (creating if needed) the litejobs database at ``path``.
+
+        Args:
+            clock: time source and retry sleeper; the wall clock by default.
+            retry: policy around every transaction; 5 attempts from 100 ms, x2.
+            busy_timeout: seconds each connection waits on a lock inside SQLite
+                before the retry policy sees ``SQLITE_BUSY``.
+            synchronous: the ``PRAGMA synchronous`` level of every connection.
+            seed: seeds the retry jitter, for reproducible runs.
+            new_id: makes message and job ids from a prefix; random by default.
+            vfs: name of a registered SQLite VFS to open the file through.
+
+        Raises:
+            SchemaError: the file is not a litejobs database, or is newer.
+            StorageError: the file or its directory cannot be read or written.
+            ConfigError: a setting is out of range.
+        """
+        path = os.fspath(path)
+        if synchronous not in _SYNCHRONOUS:
+            raise ConfigError(f"synchronous must be one of {_SYNCHRONOUS}, got {synchronous!r}")
+        if not isinstance(busy_timeout, int | float) or not 0 <= busy_timeout < 86_400:
+            raise ConfigError(
+                f"busy_timeout must be between 0 and 86400 seconds, got {busy_timeout!r}"
+            )
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise StorageError(
+                f"cannot create database {path}: directory {directory} does not exist"
+            )
+        if vfs is None:
+            _create_private(path)
+        db = cls(
+            path,
+            clock=clock or SystemClock(),
+            retry=retry or RetryPolicy(),
+            busy_timeout=busy_timeout,
+            synchronous=synchronous,
+            rng=random.Random(seed),
+            new_id=new_id or _random_id,
+            vfs=vfs,
+        )
+        try:
+            db._prepare_file()
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    # -- connections -------------------------------------------------------
+
+    def connection(self) -> apsw.Connection:
+        """Return this thread's connection, opening it on first use."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._closed:
+                raise StorageError(f"database {self.path} is closed")
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+    def _connect(self) -> apsw.Connection:
+        flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
+        try:
+            conn = apsw.Connection(self.path, flags=flags, vfs=self._vfs)
+        except apsw.Error as exc:
+            raise translate(exc, self.path) from exc
+        with self._lock:
+            self._connections.append(conn)
+        conn.set_busy_timeout(self.busy_timeout_ms)
+        try:
+            rows(conn, f"PRAGMA synchronous={self.synchronous}")
+            rows(conn, "PRAGMA foreign_keys=ON")
+        except apsw.Error as exc:
+            raise translate(exc, self.path) from exc
+        return conn
+
+    def close(self) -> None:
+        """Close every connection. Safe to call twice."""
+        self._closed = True
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
+        self._local = threading.local()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- the schema --------------------------------------------------------
+
+    def _prepare_file(self) -> None:
+        conn = self.connection()
+        try:
+            fresh = self._check_header(conn)
+            if rows(conn, "PRAGMA journal_mode")[0][0] != "wal":
+                rows(conn, "PRAGMA journal_mode=WAL")
+        except apsw.Error as exc:
+            raise translate(exc, self.path) from exc
+        # Creating the schema also proves the file writable; an existing
+        # database proves it with an empty write transaction.
+        self.write(self._create_schema if fresh else lambda conn: None)
+
+    def _check_header(self, conn: apsw.Connection) -> bool:
+        """Return whether the file is empty; refuse anything not ours."""
+        ((app_id,),) = rows(conn, "PRAGMA application_id")
+        ((version,),) = rows(conn, "PRAGMA user_version")
+        ((tables,),) = rows(conn, "SELECT count(*) FROM sqlite_schema")
+        if app_id == 0 and version == 0 and tables == 0:
+            return True
+        if app_id != APPLICATION_ID:
+            raise SchemaError(
+                f"{self.path} is not a litejobs database: it is an SQLite file of another "
+                f"application (application_id={app_id}, {tables} schema objects); "
+                "refusing to touch it"
+            )
+        if version > SCHEMA_VERSION:
+            raise SchemaError(
+                f"{self.path} has litejobs schema version {version}, newer than this "
+                f"litejobs understands ({SCHEMA_VERSION}); upgrade litejobs to open it"
+            )
+        if version < SCHEMA_VERSION:
+            raise SchemaError(f"{self.path} has unknown litejobs schema version {version}")
+        return False
+
+    def _create_schema(self, conn: apsw.Connection) -> None:
+        if self._check_header(conn):  # another process may have won the race
+            schema = resources.files("litejobs").joinpath("schema.sql").read_text("utf-8")
+            conn.execute(schema).fetchall()
+            rows(conn, f"PRAGMA application_id={APPLICATION_ID}")
+            rows(conn, f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    # -- transactions ------------------------------------------------------
+
+    def write(self, fn: Callable[[apsw.Connection], T]) -> T:
+        """Run ``fn(conn)`` inside ``BEGIN IMMEDIATE ... COMMIT``, retried as a whole.
+
+        A :class:`LiteJobsError` raised by ``fn`` rolls back and propagates
+        unchanged, so validation inside a transaction leaves nothing behind.
+        """
+
+        def transaction(conn: apsw.Connection) -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if not conn.get_autocommit():
+                    conn.execute("ROLLBACK")
+                raise
+            return result
+
+        return self._with_retry(transaction)
+
+    def autocommit(self, fn: Callable[[apsw.Connection], T]) -> T:
+        """Run ``fn(conn)``, which must be one write statement, retried on busy.
+
+        One statement takes the write lock up front just like ``BEGIN
+        IMMEDIATE``, and skipping BEGIN/COMMIT is measurably faster.
+        """
+        return self._with_retry(fn)
+
+    def read(self, fn: Callable[[apsw.Connection], T]) -> T:
+        """Run ``fn(conn)`` in one read transaction, so its queries agree."""
+
+        def transaction(conn: apsw.Connection) -> T:
+            conn.execute("BEGIN")
+            try:
+                return fn(conn)
+            finally:
+                conn.execute("COMMIT")
+
+        return self._with_retry(transaction)
+
+    def _with_retry(self, op: Callable[[apsw.Connection], T]) -> T:
+        conn = self.connection()
+        delays = self.retry.delays(self._rng)
+        attempt = 1
+        while True:
+            try:
+                result = op(conn)
+            except apsw.BusyError:
+                delay = next(delays, None)
+                if delay is None:
+                    self._counter.record(attempt, gave_up=True)
+                    raise BusyError(
+                        f"database {self.path} stayed locked through {attempt} attempts; "
+                        "another connection holds the write lock too long "
+                        "(raise RetryPolicy.attempts or busy_timeout)",
+                        attempts=attempt,
+                    ) from None
+                attempt += 1
+                self.clock.sleep(delay)
+                continue
+            except apsw.Error as exc:
+                self._counter.record(attempt)
+                raise translate(exc, self.path) from exc
+            self._counter.record(attempt)
+            return result
+
+    @property
+    def retry_metrics(self) -> RetryMetrics:
+        """What the retry policy has done since the database was opened."""
+        return self._counter.snapshot()

@@ -1,0 +1,460 @@
+"""The queue: goqite's semantics on the shared ``messages`` table, with fenced
+receipts and dead letters.
+
+SQL sits next to the method that runs it. The statement functions at the bottom
+take a connection so that :mod:`litejobs._jobs` can run them inside its own
+transactions (goqite's "twin that runs inside the caller's transaction").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import apsw
+import attrs
+
+from litejobs import _hierarchy
+from litejobs._clock import to_ms
+from litejobs._db import Database, rows
+from litejobs._errors import ConfigError, NotFoundError, StaleReceiptError
+from litejobs._payload import dumps, loads
+
+
+@attrs.frozen
+class Message:
+    """A received message. ``receipt`` proves the lease until the message is
+    received again, dead-lettered or redriven."""
+
+    id: str
+    body: Any
+    receipt: str
+    receive_count: int
+
+
+@attrs.frozen
+class QueueStats:
+    """How many messages of one queue are in each state, at one instant."""
+
+    visible: int
+    delayed: int
+    in_flight: int
+    dead: int
+
+    @property
+    def total(self) -> int:
+        return self.visible + self.delayed + self.in_flight + self.dead
+
+
+@attrs.frozen
+class DeadLetter:
+    """A message that was received ``receive_count`` times without being
+    deleted; ``dead_at`` is when its last lease ran out (UTC ms)."""
+
+    id: str
+    body: Any
+    receive_count: int
+    dead_at: int
+
+
+def _check_int(value: object, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name} must be an int >= {minimum}, got {value!r}")
+    return value
+
+
+class Queue:
+    """A named queue in a litejobs database.
+
+    Any number of ``Queue`` objects, in any threads or processes, may share a
+    name: the database is the queue. For example::
+
+        queue = Queue(db, "emails")
+        queue.send({"to": "ada@example.com"})
+        message = queue.receive(visibility_timeout=30)
+        ...  # do the work
+        queue.delete(message.receipt)
+
+    Args:
+        max_receive: deliveries before a message is dead-lettered. It is stored
+            with each message this object sends.
+    """
+
+    def __init__(self, db: Database, name: str = "default", *, max_receive: int = 3) -> None:
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"queue name must be a non-empty str, got {name!r}")
+        self.db = db
+        self.name = name
+        self.max_receive = _check_int(max_receive, "max_receive", 1)
+
+    def __repr__(self) -> str:
+        return f"Queue({self.db.path!r}, {self.name!r}, max_receive={self.max_receive})"
+
+    # -- sending -------------------------------------------------------------
+
+    def send(self, body: Any, *, delay: float = 0.0, priority: int = 0) -> str:
+        """Enqueue ``body`` (any JSON value) and return the new message id.
+
+        Raises:
+            InvalidPayloadError: ``body`` is not JSON-serialisable.
+            ConfigError: ``delay`` is negative or not finite, ``priority`` not an int.
+        """
+        encoded = dumps(body, "message body")
+        delay_ms = to_ms(delay, "delay")
+        _check_int(priority, "priority", -(2**63))
+        message_id = self.db.new_id("m")
+        self.db.autocommit(
+            lambda conn: insert(
+                conn,
+                message_id,
+                self.name,
+                encoded,
+                priority,
+                delay_ms,
+                self.max_receive,
+                self.db.clock.now_ms(),
+            )
+        )
+        return message_id
+
+    def send_batch(self, bodies: Iterable[Any], *, priority: int = 0) -> list[str]:
+        """Enqueue every body in one transaction; all or nothing."""
+        encoded = [dumps(body, f"message body #{i}") for i, body in enumerate(bodies)]
+        _check_int(priority, "priority", -(2**63))
+        ids = [self.db.new_id("m") for _ in encoded]
+
+        def transaction(conn: apsw.Connection) -> None:
+            now = self.db.clock.now_ms()
+            conn.executemany(
+                INSERT,
+                [
+                    (i, self.name, e, priority, now, now, self.max_receive)
+                    for i, e in zip(ids, encoded, strict=True)
+                ],
+            )
+
+        self.db.write(transaction)
+        return ids
+
+    # -- receiving -----------------------------------------------------------
+
+    def receive(self, *, visibility_timeout: float) -> Message | None:
+        """Lease the most urgent visible message for ``visibility_timeout``
+        seconds, or return ``None`` if none is visible.
+
+        Urgent means highest priority, then oldest. The claim is one
+        ``UPDATE ... RETURNING``; a message that used up its receives is
+        dead-lettered instead of delivered.
+        """
+        lease_ms = to_ms(visibility_timeout, "visibility_timeout")
+        while True:
+            claimed = self.db.autocommit(lambda conn: self._claim(conn, lease_ms, 1))
+            if claimed:
+                return claimed[0]
+            # Empty, or the most urgent message is exhausted: sweep and look again.
+            if not self.db.read(
+                lambda conn: has_exhausted(conn, self.name, self.db.clock.now_ms())
+            ):
+                return None
+            self.db.write(lambda conn: sweep(conn, self.name, self.db.clock.now_ms()))
+
+    def receive_batch(self, n: int, *, visibility_timeout: float) -> list[Message]:
+        """Lease up to ``n`` visible messages in one transaction, most urgent first."""
+        _check_int(n, "n", 1)
+        lease_ms = to_ms(visibility_timeout, "visibility_timeout")
+
+        def transaction(conn: apsw.Connection) -> list[Message]:
+            sweep(conn, self.name, self.db.clock.now_ms())
+            return self._claim(conn, lease_ms, n)
+
+        return self.db.write(transaction)
+
+    def _claim(self, conn: apsw.Connection, lease_ms: int, n: int) -> list[Message]:
+        params = {"queue": self.name, "now": self.db.clock.now_ms(), "lease": lease_ms, "n": n}
+        claimed = rows(conn, _CLAIM_ONE if n == 1 else _CLAIM_MANY, params)
+        claimed.sort(key=lambda row: (-row[4], row[5], row[6]))  # RETURNING has no order
+        return [
+            Message(
+                id=mid,
+                body=loads(body, f"message {mid}"),
+                receipt=f"{mid}:{fence}",
+                receive_count=received,
+            )
+            for mid, body, received, fence, *_ in claimed
+        ]
+
+    # -- acknowledging -------------------------------------------------------
+
+    def delete(self, receipt: str) -> None:
+        """Delete the message ``receipt`` leases.
+
+        Raises:
+            StaleReceiptError: the receipt no longer holds the message.
+        """
+        message_id, fence = parse_receipt(receipt)
+        self.db.autocommit(
+            lambda conn: fenced(conn, DELETE, message_id, fence, self.db.clock.now_ms(), self.name)
+        )
+
+    def delete_batch(self, receipts: Iterable[str]) -> list[str]:
+        """Delete every message whose receipt is live, in one transaction, and
+        return the receipts that were stale (in the order given)."""
+        parsed = [(r, *parse_receipt(r)) for r in _not_a_str(receipts, "receipts")]
+
+        def transaction(conn: apsw.Connection) -> list[str]:
+            now = self.db.clock.now_ms()
+            return [
+                receipt
+                for receipt, message_id, fence in parsed
+                if not rows(conn, DELETE, _fence_params(message_id, fence, now, self.name))
+            ]
+
+        return self.db.write(transaction)
+
+    def extend(self, receipt: str, seconds: float) -> None:
+        """Make the lease run out ``seconds`` from now (a heartbeat)."""
+        message_id, fence = parse_receipt(receipt)
+        lease_ms = to_ms(seconds, "seconds")
+        self.db.autocommit(
+            lambda conn: fenced(
+                conn, EXTEND, message_id, fence, self.db.clock.now_ms(), self.name, delay=lease_ms
+            )
+        )
+
+    def nack(self, receipt: str, *, delay: float = 0.0) -> None:
+        """Give the message back: visible again after ``delay`` seconds."""
+        message_id, fence = parse_receipt(receipt)
+        delay_ms = to_ms(delay, "delay")
+        self.db.autocommit(
+            lambda conn: fenced(
+                conn, NACK, message_id, fence, self.db.clock.now_ms(), self.name, delay=delay_ms
+            )
+        )
+
+    # -- inspecting and dead letters -----------------------------------------
+
+    def stats(self) -> QueueStats:
+        """Count this queue's messages by state, now."""
+        params = {"queue": self.name, "now": self.db.clock.now_ms()}
+        ((visible, delayed, in_flight, dead),) = self.db.read(
+            lambda conn: rows(conn, _STATS, params)
+        )
+        return QueueStats(visible=visible, delayed=delayed, in_flight=in_flight, dead=dead)
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """Every dead message of this queue, oldest death first."""
+        params = {"queue": self.name, "now": self.db.clock.now_ms()}
+        found = self.db.read(lambda conn: rows(conn, _DEAD_LETTERS, params))
+        return [
+            DeadLetter(id=mid, body=loads(body, f"message {mid}"), receive_count=n, dead_at=at)
+            for mid, body, n, at in found
+        ]
+
+    def redrive(self, ids: Iterable[str] | None = None) -> int:
+        """Make dead letters (all, or those in ``ids``) visible again with a
+        receive count of 0, and return how many moved.
+
+        Dead messages of jobs are never redriven: their jobs have failed, which
+        is final.
+
+        Raises:
+            NotFoundError: an id in ``ids`` is not a dead letter of this queue;
+                nothing is redriven.
+        """
+        wanted = None if ids is None else list(_not_a_str(ids, "ids"))
+
+        def transaction(conn: apsw.Connection) -> int:
+            now = self.db.clock.now_ms()
+            sweep(conn, self.name, now)
+            if wanted is None:
+                return len(rows(conn, _REDRIVE_ALL, {"queue": self.name, "now": now}))
+            for message_id in wanted:
+                if not rows(conn, _REDRIVE_ONE, {"queue": self.name, "now": now, "id": message_id}):
+                    raise NotFoundError(
+                        f"message {message_id} is not a dead letter of queue {self.name!r}"
+                    )
+            return len(wanted)
+
+        return self.db.write(transaction)
+
+
+def _not_a_str(values: Iterable[str], name: str) -> Iterable[str]:
+    if isinstance(values, str):
+        raise ConfigError(f"{name} must be an iterable of str, not one str: wrap it in a list")
+    return values
+
+
+def parse_receipt(receipt: object) -> tuple[str, int]:
+    """Split a receipt into message id and fence.
+
+    Raises:
+        ConfigError: ``receipt`` was not made by :meth:`Queue.receive`.
+    """
+    if isinstance(receipt, str):
+        message_id, sep, fence = receipt.rpartition(":")
+        if sep and message_id and fence.isascii() and fence.isdigit():
+            return message_id, int(fence)
+    raise ConfigError(f"{receipt!r} is not a litejobs receipt (use Message.receipt)")
+
+
+# -- statements, runnable inside a caller's transaction -----------------------
+
+INSERT = """
+INSERT INTO messages (id, queue, body, priority, created, timeout, max_receive)
+VALUES (?, ?, ?, ?, ?, ?, ?)
+"""
+
+
+def insert(
+    conn: apsw.Connection,
+    message_id: str,
+    queue: str,
+    body: str,
+    priority: int,
+    delay_ms: int,
+    max_receive: int,
+    now: int,
+) -> None:
+    rows(conn, INSERT, (message_id, queue, body, priority, now, now + delay_ms, max_receive))
+
+
+# The outer "received < max_receive" makes an exhausted head of the queue claim
+# nothing rather than be skipped, so receive() sweeps it to the dead letters.
+_CLAIM_ONE = """
+UPDATE messages
+SET received = received + 1, fence = fence + 1, leased = 1, timeout = :now + :lease
+WHERE id = (
+    SELECT id FROM messages
+    WHERE queue = :queue AND dead_at IS NULL AND timeout <= :now
+    ORDER BY priority DESC, created, rowid
+    LIMIT 1
+) AND received < max_receive
+RETURNING id, body, received, fence, priority, created, rowid
+"""
+
+_CLAIM_MANY = """
+UPDATE messages
+SET received = received + 1, fence = fence + 1, leased = 1, timeout = :now + :lease
+WHERE id IN (
+    SELECT id FROM messages
+    WHERE queue = :queue AND dead_at IS NULL AND timeout <= :now AND received < max_receive
+    ORDER BY priority DESC, created, rowid
+    LIMIT :n
+)
+RETURNING id, body, received, fence, priority, created, rowid
+"""
+
+_EXHAUSTED = """
+SELECT 1 FROM messages
+WHERE queue = :queue AND dead_at IS NULL AND received >= max_receive AND timeout <= :now
+LIMIT 1
+"""
+
+
+def has_exhausted(conn: apsw.Connection, queue: str, now: int) -> bool:
+    return bool(rows(conn, _EXHAUSTED, {"queue": queue, "now": now}))
+
+
+_SWEEP = """
+UPDATE messages SET dead_at = timeout, fence = fence + 1, leased = 0
+WHERE queue = :queue AND dead_at IS NULL AND received >= max_receive AND timeout <= :now
+RETURNING id, received
+"""
+
+
+def sweep(conn: apsw.Connection, queue: str, now: int) -> None:
+    """Dead-letter the queue's exhausted messages whose last lease ran out, and
+    fail their jobs in the same transaction."""
+    dead = rows(conn, _SWEEP, {"queue": queue, "now": now})
+    if dead:
+        _hierarchy.fail_dead_jobs(conn, dead, now)
+
+
+FENCE = """
+id = :id AND fence = :fence AND (:queue IS NULL OR queue = :queue)
+AND dead_at IS NULL AND NOT (received >= max_receive AND timeout <= :now)
+"""
+DELETE = f"DELETE FROM messages WHERE {FENCE} RETURNING received"
+EXTEND = f"UPDATE messages SET timeout = :now + :delay, leased = 1 WHERE {FENCE} RETURNING received"
+NACK = f"UPDATE messages SET timeout = :now + :delay, leased = 0 WHERE {FENCE} RETURNING received"
+CHECK = f"SELECT received FROM messages WHERE {FENCE}"
+
+
+def _fence_params(
+    message_id: str, fence: int, now: int, queue: str | None, delay: int = 0
+) -> dict[str, Any]:
+    return {"id": message_id, "fence": fence, "now": now, "queue": queue, "delay": delay}
+
+
+def fenced(
+    conn: apsw.Connection,
+    sql: str,
+    message_id: str,
+    fence: int,
+    now: int,
+    queue: str | None = None,
+    *,
+    delay: int = 0,
+) -> int:
+    """Run a fenced statement and return the message's receive count.
+
+    Raises:
+        StaleReceiptError: the receipt no longer holds the message; the
+            message says why.
+    """
+    found = rows(conn, sql, _fence_params(message_id, fence, now, queue, delay))
+    if not found:
+        raise stale(conn, message_id, fence, now, queue)
+    return found[0][0]
+
+
+def stale(
+    conn: apsw.Connection, message_id: str, fence: int, now: int, queue: str | None
+) -> StaleReceiptError:
+    """Explain why receipt ``message_id:fence`` does not hold its message."""
+    receipt = f"{message_id}:{fence}"
+    found = rows(
+        conn,
+        "SELECT queue, fence, received, max_receive, timeout, dead_at FROM messages WHERE id = ?",
+        (message_id,),
+    )
+    if not found:
+        why = "the message was deleted"
+    else:
+        ((owner, current, received, max_receive, timeout, dead_at),) = found
+        if queue is not None and owner != queue:
+            why = f"the message belongs to queue {owner!r}, not {queue!r}"
+        elif dead_at is not None or (received >= max_receive and timeout <= now):
+            why = f"the message was dead-lettered after {received} receives"
+        elif current != fence:
+            why = "the message was received again since"
+        else:  # pragma: no cover - the fenced statement would have matched
+            why = "the message is not held by this receipt"
+    return StaleReceiptError(f"receipt {receipt} is stale: {why}")
+
+
+_STATS = """
+SELECT
+    coalesce(sum(NOT dead AND timeout <= :now), 0),
+    coalesce(sum(NOT dead AND timeout > :now AND NOT leased), 0),
+    coalesce(sum(NOT dead AND timeout > :now AND leased), 0),
+    coalesce(sum(dead), 0)
+FROM (
+    SELECT timeout, leased,
+           dead_at IS NOT NULL OR (received >= max_receive AND timeout <= :now) AS dead
+    FROM messages WHERE queue = :queue
+)
+"""
+
+_DEAD_LETTERS = """
+SELECT id, body, received, coalesce(dead_at, timeout) FROM messages
+WHERE queue = :queue AND (dead_at IS NOT NULL OR (received >= max_receive AND timeout <= :now))
+ORDER BY coalesce(dead_at, timeout), rowid
+"""
+
+_REDRIVE = """
+UPDATE messages SET dead_at = NULL, received = 0, fence = fence + 1, leased = 0, timeout = :now
+WHERE queue = :queue AND dead_at IS NOT NULL
+"""
+_REDRIVE_ALL = _REDRIVE + " RETURNING id"
+_REDRIVE_ONE = _REDRIVE + " AND id = :id RETURNING id"
