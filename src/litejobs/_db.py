@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import random
-import secrets
 import threading
 from collections.abc import Callable, Sequence
 from importlib import resources
@@ -47,10 +46,6 @@ _STORAGE_ERRORS = (
     apsw.FullError,
     apsw.CorruptError,
 )
-
-
-def _random_id(prefix: str) -> str:
-    return f"{prefix}_{secrets.token_hex(12)}"
 
 
 def rows(conn: apsw.Connection, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list:
@@ -98,7 +93,6 @@ class Database:
         busy_timeout: float,
         synchronous: Synchronous,
         rng: random.Random,
-        new_id: Callable[[str], str],
         vfs: str | None,
     ) -> None:
         self.path = path
@@ -106,7 +100,6 @@ class Database:
         self.retry = retry
         self.busy_timeout_ms = round(busy_timeout * 1000)
         self.synchronous = synchronous
-        self.new_id = new_id
         self._rng = rng
         self._vfs = vfs
         self._local = threading.local()
@@ -125,7 +118,6 @@ class Database:
         busy_timeout: float = 5.0,
         synchronous: Synchronous = "NORMAL",
         seed: int | None = None,
-        new_id: Callable[[str], str] | None = None,
         vfs: str | None = None,
     ) -> Database:
         """Open (creating if needed) the litejobs database at ``path``.
@@ -137,7 +129,6 @@ class Database:
                 before the retry policy sees ``SQLITE_BUSY``.
             synchronous: the ``PRAGMA synchronous`` level of every connection.
             seed: seeds the retry jitter, for reproducible runs.
-            new_id: makes message and job ids from a prefix; random by default.
             vfs: name of a registered SQLite VFS to open the file through.
 
         Raises:
@@ -166,7 +157,6 @@ class Database:
             busy_timeout=busy_timeout,
             synchronous=synchronous,
             rng=random.Random(seed),
-            new_id=new_id or _random_id,
             vfs=vfs,
         )
         try:
@@ -306,29 +296,39 @@ class Database:
 
     def _with_retry(self, op: Callable[[apsw.Connection], T]) -> T:
         conn = self.connection()
-        delays = self.retry.delays(self._rng)
+        try:
+            result = op(conn)
+        except apsw.BusyError:
+            return self._retry_after_busy(conn, op)
+        except apsw.Error as exc:
+            self._counter.record(1)
+            raise translate(exc, self.path) from exc
+        self._counter.record(1)
+        return result
+
+    def _retry_after_busy(self, conn: apsw.Connection, op: Callable[[apsw.Connection], T]) -> T:
+        """The slow path: wait and run ``op`` again until it stops meeting
+        ``SQLITE_BUSY`` or the policy's attempts run out."""
         attempt = 1
-        while True:
+        for delay in self.retry.delays(self._rng):
+            self.clock.sleep(delay)
+            attempt += 1
             try:
                 result = op(conn)
             except apsw.BusyError:
-                delay = next(delays, None)
-                if delay is None:
-                    self._counter.record(attempt, gave_up=True)
-                    raise BusyError(
-                        f"database {self.path} stayed locked through {attempt} attempts; "
-                        "another connection holds the write lock too long "
-                        "(raise RetryPolicy.attempts or busy_timeout)",
-                        attempts=attempt,
-                    ) from None
-                attempt += 1
-                self.clock.sleep(delay)
                 continue
             except apsw.Error as exc:
                 self._counter.record(attempt)
                 raise translate(exc, self.path) from exc
             self._counter.record(attempt)
             return result
+        self._counter.record(attempt, gave_up=True)
+        raise BusyError(
+            f"database {self.path} stayed locked through {attempt} attempts; another "
+            "connection holds the write lock too long (raise RetryPolicy.attempts or "
+            "busy_timeout)",
+            attempts=attempt,
+        ) from None
 
     @property
     def retry_metrics(self) -> RetryMetrics:

@@ -135,8 +135,8 @@ def _job(row: Any) -> Job:
         completed_at,
     ) = row
     return Job(
-        id=jid,
-        parent_id=parent_id,
+        id=str(jid),
+        parent_id=None if parent_id is None else str(parent_id),
         kind=kind,
         status=JobStatus(status),
         payload=loads(payload, f"payload of job {jid}"),
@@ -144,7 +144,7 @@ def _job(row: Any) -> Job:
         error=error,
         warning=warning,
         attempts=attempts,
-        message_id=message_id,
+        message_id=None if message_id is None else str(message_id),
         created_at=created_at,
         started_at=started_at,
         completed_at=completed_at,
@@ -187,16 +187,14 @@ class JobStore:
         tolerance = tolerance or Tolerance()
         if not isinstance(tolerance, Tolerance):
             raise ConfigError(f"tolerance must be a litejobs.Tolerance, got {tolerance!r}")
-        job_id = self.db.new_id("j")
-        self.db.autocommit(
+        ((job_id,),) = self.db.autocommit(
             lambda conn: rows(
                 conn,
                 """
-            INSERT INTO jobs (id, kind, status, payload, max_child_failures, on_failure, created_at)
-            VALUES (?, ?, 'pending', ?, ?, ?, ?)
-            """,
+                INSERT INTO jobs (kind, status, payload, max_child_failures, on_failure, created_at)
+                VALUES (?, 'pending', ?, ?, ?, ?) RETURNING id
+                """,
                 (
-                    job_id,
                     kind,
                     encoded,
                     tolerance.max_child_failures,
@@ -205,7 +203,7 @@ class JobStore:
                 ),
             )
         )
-        return job_id
+        return str(job_id)
 
     def spawn_children(
         self, parent_id: str, kind: str, payloads: Iterable[Any], *, queue: Queue, priority: int = 0
@@ -223,7 +221,6 @@ class JobStore:
         encoded = [dumps(p, f"payload #{i}") for i, p in enumerate(payloads)]
         if not isinstance(queue, Queue) or queue.db is not self.db:
             raise ConfigError("queue must be a litejobs.Queue on this store's database")
-        children = [(self.db.new_id("j"), self.db.new_id("m"), p) for p in encoded]
 
         def transaction(conn: apsw.Connection) -> list[str]:
             now = self.db.clock.now_ms()
@@ -237,26 +234,29 @@ class JobStore:
                 raise InvalidTransitionError(
                     f"parent {parent_id} is {parent.status}; a terminal parent takes no children"
                 )
-            for job_id, message_id, payload in children:
-                body = dumps({"job_id": job_id, "kind": kind}, "message body")
-                _queue.insert(
-                    conn, message_id, queue.name, body, priority, 0, queue.max_receive, now
-                )
-                rows(
+            children = []
+            for payload in encoded:
+                ((job_id,),) = rows(
                     conn,
                     """
-                    INSERT INTO jobs (id, parent_id, kind, status, payload, message_id, created_at)
-                    VALUES (?, ?, ?, 'pending', ?, ?, ?)
+                    INSERT INTO jobs (parent_id, kind, status, payload, created_at)
+                    VALUES (?, ?, 'pending', ?, ?) RETURNING id
                     """,
-                    (job_id, parent_id, kind, payload, message_id, now),
+                    (parent.id, kind, payload, now),
                 )
+                body = dumps({"job_id": str(job_id), "kind": kind}, "message body")
+                message_id = _queue.insert(
+                    conn, queue.name, body, priority, 0, queue.max_receive, now
+                )
+                rows(conn, "UPDATE jobs SET message_id = ? WHERE id = ?", (message_id, job_id))
+                children.append(str(job_id))
             if children and parent.status is JobStatus.PENDING:
                 rows(
                     conn,
                     "UPDATE jobs SET status = 'running', started_at = ? WHERE id = ?",
-                    (now, parent_id),
+                    (now, parent.id),
                 )
-            return [job_id for job_id, _, _ in children]
+            return children
 
         return self.db.write(transaction)
 
@@ -276,7 +276,7 @@ class JobStore:
             job = self._worker_job(
                 conn, job_id, message_id, fence, "start", (JobStatus.PENDING, JobStatus.RUNNING)
             )
-            _queue.fenced(conn, _queue.CHECK, message_id, fence, now)
+            _queue.can_retry(conn, message_id, fence, now)
             (row,) = rows(
                 conn,
                 f"""
@@ -336,7 +336,7 @@ class JobStore:
         def transaction(conn: apsw.Connection) -> Job:
             now = self.db.clock.now_ms()
             job = self._worker_job(conn, job_id, message_id, fence, "fail", (JobStatus.RUNNING,))
-            if retry and _queue.fenced(conn, _CAN_RETRY, message_id, fence, now):
+            if retry and _queue.can_retry(conn, message_id, fence, now):
                 _queue.fenced(conn, _queue.NACK, message_id, fence, now, delay=delay_ms)
                 rows(
                     conn,
@@ -450,6 +450,3 @@ class JobStore:
                 f"whose message is {job.message_id}"
             )
         return job
-
-
-_CAN_RETRY = f"SELECT received < max_receive FROM messages WHERE {_queue.FENCE}"

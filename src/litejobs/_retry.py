@@ -66,23 +66,43 @@ class RetryMetrics:
 
 
 class RetryCounter:
-    """Thread-safe counters behind :class:`RetryMetrics`."""
+    """Counters behind :class:`RetryMetrics`.
+
+    Each thread counts into its own :class:`~collections.Counter`, so the
+    common path (first attempt succeeds) takes no lock; :meth:`snapshot` sums
+    them.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._attempts: Counter[int] = Counter()
-        self._busy_errors = 0
+        self._local = threading.local()
+        self._per_thread: list[Counter[int]] = []
+        self._busy_errors: list[int] = []
+
+    def _mine(self) -> Counter[int]:
+        mine = getattr(self._local, "attempts", None)
+        if mine is None:
+            mine = self._local.attempts = Counter()
+            with self._lock:
+                self._per_thread.append(mine)
+        return mine
 
     def record(self, attempts: int, *, gave_up: bool = False) -> None:
-        with self._lock:
-            self._attempts[attempts] += 1
-            self._busy_errors += gave_up
+        """Count one operation that took ``attempts`` attempts."""
+        self._mine()[attempts] += 1
+        if gave_up:
+            with self._lock:
+                self._busy_errors.append(attempts)
 
     def snapshot(self) -> RetryMetrics:
+        total: Counter[int] = Counter()
         with self._lock:
-            return RetryMetrics(
-                operations=sum(self._attempts.values()),
-                retries=sum((n - 1) * count for n, count in self._attempts.items()),
-                busy_errors=self._busy_errors,
-                attempts=dict(sorted(self._attempts.items())),
-            )
+            for counts in self._per_thread:
+                total.update(counts.copy())
+            busy_errors = len(self._busy_errors)
+        return RetryMetrics(
+            operations=total.total(),
+            retries=sum((n - 1) * count for n, count in total.items()),
+            busy_errors=busy_errors,
+            attempts=dict(sorted(total.items())),
+        )

@@ -9,9 +9,10 @@
 --   in flight  when not dead, leased and timeout > now;
 --   delayed    when not dead, not leased and timeout > now.
 -- fence counts receives, dead-letterings and redrives: a receipt is "id:fence",
--- so a receipt goes stale the moment any of those happen.
+-- so a receipt goes stale the moment any of those happen. AUTOINCREMENT keeps
+-- ids from being reused, so an old receipt can never name a newer message.
 CREATE TABLE messages (
-    id          TEXT PRIMARY KEY,
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
     queue       TEXT NOT NULL,
     body        TEXT NOT NULL,
     priority    INTEGER NOT NULL,
@@ -24,19 +25,19 @@ CREATE TABLE messages (
     dead_at     INTEGER
 ) STRICT;
 
--- The claim: highest priority first, then oldest (rowid breaks ties in send order).
+-- The claim: highest priority first, then oldest (id breaks ties in send order).
 CREATE INDEX messages_claim ON messages (queue, priority DESC, created) WHERE dead_at IS NULL;
-
--- The sweep: messages that used up their receives, by lease expiry.
-CREATE INDEX messages_exhausted ON messages (queue, timeout)
-    WHERE dead_at IS NULL AND received >= max_receive;
+-- There is deliberately no index for the sweep of exhausted messages: one whose
+-- key or condition holds received or timeout is updated by every claim, and was
+-- measured at about 30 % of the claim's cost. The sweep runs only when a claim
+-- comes back short, and walks messages_claim instead.
 
 -- Jobs. A job without parent_id is a parent: its status follows its children
 -- and its tolerance columns decide what child failures do to it. message_id is
 -- the job's queue message while it has one, NULL once the job is terminal.
 CREATE TABLE jobs (
-    id                 TEXT PRIMARY KEY,
-    parent_id          TEXT REFERENCES jobs (id) ON DELETE CASCADE,
+    id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+    parent_id          INTEGER REFERENCES jobs (id) ON DELETE CASCADE,
     kind               TEXT NOT NULL,
     status             TEXT NOT NULL
         CHECK (status IN ('pending', 'running', 'completed', 'failed', 'cancelled')),
@@ -45,7 +46,7 @@ CREATE TABLE jobs (
     error              TEXT,
     warning            TEXT,
     attempts           INTEGER NOT NULL DEFAULT 0,
-    message_id         TEXT,
+    message_id         INTEGER,
     max_child_failures INTEGER NOT NULL DEFAULT 0 CHECK (max_child_failures >= 0),
     on_failure         TEXT NOT NULL DEFAULT 'continue'
         CHECK (on_failure IN ('stop_all', 'continue', 'mark_warning')),
