@@ -239,7 +239,7 @@ class Queue:
         params = {"queue": self.name, "now": self.db.clock.now_ms()}
         found = self.db.read(lambda conn: rows(conn, _DEAD_LETTERS, params))
         return [
-            DeadLetter(id=mid, body=loads(body, f"message {mid}"), receive_count=n, dead_at=at)
+            DeadLetter(id=str(mid), body=loads(body, f"message {mid}"), receive_count=n, dead_at=at)
             for mid, body, n, at in found
         ]
 

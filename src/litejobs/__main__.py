@@ -1,0 +1,5 @@
+import sys
+
+from litejobs._cli import main
+
+sys.exit(main())
