@@ -24,4 +24,5 @@ settings.register_profile(
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow],
 )
-settings.load_profile(os.environ.get("LITEJOBS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
+default = "ci" if os.environ.get("CI") else "dev"
+settings.load_profile(os.environ.get("LITEJOBS_PROFILE") or default)

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 import litejobs
-from litejobs._db import rows
 
 
 @pytest.fixture
@@ -39,21 +38,6 @@ def store(db: litejobs.Database) -> litejobs.JobStore:
     return litejobs.JobStore(db)
 
 
-def snapshot(db: litejobs.Database) -> dict[str, list]:
-    """Every row litejobs keeps, for asserting that a refused call changed nothing."""
-    conn = db.connection()
-    return {
-        "messages": rows(conn, "SELECT * FROM messages ORDER BY id"),
-        "jobs": rows(conn, "SELECT * FROM jobs ORDER BY id"),
-        "sequence": rows(conn, "SELECT * FROM sqlite_sequence ORDER BY name"),
-    }
-
-
-def file_snapshot(path: Path) -> dict[str, bytes]:
-    """The bytes of a database file and its WAL, for files litejobs must not touch."""
-    return {p.name: p.read_bytes() for p in path.parent.glob(path.name + "*")}
-
-
 @pytest.fixture
 def read_only_dir(tmp_path: Path) -> Iterator[Path]:
     """A directory the process really cannot write.
@@ -79,15 +63,3 @@ def read_only_dir(tmp_path: Path) -> Iterator[Path]:
         yield directory
     finally:
         subprocess.run(["umount", "-l", str(directory)], check=False)
-
-
-def set_writable(directory: Path, writable: bool) -> None:
-    """Flip a :func:`read_only_dir` between writable and read-only."""
-    if os.geteuid() != 0:
-        directory.chmod(0o755 if writable else 0o555)
-        for child in directory.iterdir():
-            child.chmod(0o644 if writable else 0o444)
-        return
-    subprocess.run(
-        ["mount", "-o", f"remount,{'rw' if writable else 'ro'}", str(directory)], check=True
-    )

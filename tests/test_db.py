@@ -9,9 +9,9 @@ import threading
 
 import apsw
 import pytest
-from conftest import file_snapshot, read_only_dir, set_writable, snapshot  # noqa: F401
 
 import litejobs
+from dbhelpers import file_snapshot, set_writable, snapshot
 from litejobs._db import APPLICATION_ID, SCHEMA_VERSION, rows
 
 
@@ -88,7 +88,7 @@ class TestOpening:
     def test_a_newer_schema_is_refused_with_a_hint(self, db_path):
         with litejobs.Database.open(db_path) as db:
             rows(db.connection(), f"PRAGMA user_version={SCHEMA_VERSION + 1}")
-        with pytest.raises(litejobs.SchemaError, match="newer than this litejobs.*upgrade"):
+        with pytest.raises(litejobs.SchemaError, match=r"newer than this litejobs.*upgrade"):
             litejobs.Database.open(db_path)
 
     def test_a_missing_directory_is_a_storage_error_that_creates_nothing(self, tmp_path):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 
 import pytest
-from conftest import snapshot
 
 import litejobs
+from dbhelpers import snapshot
 from litejobs._db import rows
 
 
@@ -147,7 +147,7 @@ class TestStaleReceipts:
             queue.delete(message.receipt)
         other.delete(message.receipt)
 
-    @pytest.mark.parametrize("receipt", ["", "12", "a:1", "1:b", "1:-1", None, 7, "١:١"])
+    @pytest.mark.parametrize("receipt", ["", "12", "a:1", "1:b", "1:-1", None, 7, "\u0661:\u0661"])
     def test_a_malformed_receipt_is_a_config_error(self, queue, receipt):
         with pytest.raises(litejobs.ConfigError, match="not a litejobs receipt"):
             queue.delete(receipt)

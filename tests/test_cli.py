@@ -1,0 +1,56 @@
+"""``litejobs bench`` and the command line around it (no timing assertions)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from litejobs._bench import run_bench
+from litejobs._cli import main
+
+
+def test_bench_json_reports_every_path_and_ratio(capsys, tmp_path):
+    assert (
+        main(["bench", "--messages", "40", "--rounds", "1", "--json", "--dir", str(tmp_path)]) == 0
+    )
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    for key in ("baseline_msgs_per_s", "raw_msgs_per_s", "single_msgs_per_s", "batch_msgs_per_s"):
+        assert report[key] > 0
+    assert report["single_vs_baseline"] == pytest.approx(
+        report["single_msgs_per_s"] / report["baseline_msgs_per_s"]
+    )
+    assert report["batch_vs_single"] == pytest.approx(
+        report["batch_msgs_per_s"] / report["single_msgs_per_s"]
+    )
+    assert report["messages"] == 40
+    assert "round 1/1" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bench_table_names_the_paths(capsys):
+    assert main(["bench", "--messages", "20", "--rounds", "1"]) == 0
+    table = capsys.readouterr().out
+    for path in ("baseline", "raw", "single", "batch: 16 per transaction"):
+        assert path in table
+
+
+def test_every_bench_path_drains_its_queue_with_an_odd_batch_size():
+    result = run_bench(messages=37, batch=5, rounds=1)
+    assert result.batch == 5
+    assert min(result.baseline_msgs_per_s, result.single_msgs_per_s, result.batch_msgs_per_s) > 0
+
+
+@pytest.mark.parametrize("argv", [["bench", "--messages", "0"], ["nonsense"], []])
+def test_bad_arguments_exit_with_usage(argv):
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+
+
+def test_the_module_runs_as_a_command():
+    done = subprocess.run(
+        [sys.executable, "-m", "litejobs", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "bench" in done.stdout

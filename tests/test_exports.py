@@ -1,0 +1,53 @@
+"""The public surface is small, explicit and reports itself as ``litejobs``."""
+
+import litejobs
+
+PUBLIC = {
+    "BusyError",
+    "ChildStats",
+    "Clock",
+    "ConfigError",
+    "Database",
+    "DeadLetter",
+    "InvalidPayloadError",
+    "InvalidTransitionError",
+    "Job",
+    "JobStatus",
+    "JobStore",
+    "LiteJobsError",
+    "Message",
+    "NotFoundError",
+    "Queue",
+    "QueueStats",
+    "RetryMetrics",
+    "RetryPolicy",
+    "SchemaError",
+    "StaleReceiptError",
+    "StorageError",
+    "SystemClock",
+    "Tolerance",
+    "ToleranceAction",
+    "VirtualClock",
+}
+
+
+def test_all_names_exactly_the_public_surface():
+    assert set(litejobs.__all__) == PUBLIC
+    assert sorted(litejobs.__all__) == litejobs.__all__
+
+
+def test_public_objects_report_the_litejobs_module():
+    for name in PUBLIC:
+        assert getattr(litejobs, name).__module__ == "litejobs", name
+
+
+def test_every_error_derives_from_litejobs_error():
+    errors = [getattr(litejobs, n) for n in PUBLIC if n.endswith("Error")]
+    assert len(errors) == 9
+    assert all(issubclass(e, litejobs.LiteJobsError) for e in errors)
+
+
+def test_bad_argument_errors_are_also_builtin_errors():
+    assert issubclass(litejobs.ConfigError, ValueError)
+    assert issubclass(litejobs.InvalidPayloadError, ValueError)
+    assert issubclass(litejobs.NotFoundError, LookupError)
