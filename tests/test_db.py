@@ -271,3 +271,11 @@ class TestContention:
         holder.execute("BEGIN IMMEDIATE")
         assert litejobs.Queue(db).stats().total == 0
         assert db.retry_metrics.retries == 0
+
+
+def test_every_operation_is_counted_once_even_when_it_raises(db, queue):
+    before = db.retry_metrics.operations
+    queue.send("a")
+    with pytest.raises(litejobs.StaleReceiptError):
+        queue.delete("999:1")
+    assert db.retry_metrics.operations - before == 2

@@ -147,7 +147,10 @@ class TestStaleReceipts:
             queue.delete(message.receipt)
         other.delete(message.receipt)
 
-    @pytest.mark.parametrize("receipt", ["", "12", "a:1", "1:b", "1:-1", None, 7, "\u0661:\u0661"])
+    @pytest.mark.parametrize(
+        "receipt",
+        ["", "12", "a:1", "1:b", "1:-1", None, 7, "\u0661:\u0661", f"{2**63}:1", f"1:{2**64}"],
+    )
     def test_a_malformed_receipt_is_a_config_error(self, queue, receipt):
         with pytest.raises(litejobs.ConfigError, match="not a litejobs receipt"):
             queue.delete(receipt)
@@ -288,7 +291,7 @@ class TestBatches:
             queue.delete_batch([message.receipt, "nonsense"])
         assert snapshot(db) == before
 
-    @pytest.mark.parametrize("n", [0, -1, 1.5, True])
+    @pytest.mark.parametrize("n", [0, -1, 1.5, True, 2**63])
     def test_receive_batch_needs_a_positive_int(self, queue, n):
         with pytest.raises(litejobs.ConfigError, match="n must be an int"):
             queue.receive_batch(n, visibility_timeout=1)
@@ -331,7 +334,7 @@ class TestBadInput:
         with pytest.raises(litejobs.InvalidPayloadError):
             queue.send(loop)
 
-    @pytest.mark.parametrize("value", [-1, -0.001, math.nan, math.inf, "5", None])
+    @pytest.mark.parametrize("value", [-1, -0.001, math.nan, math.inf, 1e300, "5", None])
     @pytest.mark.parametrize(
         ("name", "call"),
         [
@@ -362,9 +365,14 @@ class TestBadInput:
         with pytest.raises(litejobs.ConfigError, match="max_receive"):
             litejobs.Queue(db, "q", max_receive=max_receive)
 
-    def test_priority_must_be_an_int(self, queue):
+    @pytest.mark.parametrize("priority", [1.5, 2**63, -(2**63) - 1, "1"])
+    def test_priority_must_be_a_64_bit_int(self, db, queue, priority):
+        before = snapshot(db)
         with pytest.raises(litejobs.ConfigError, match="priority"):
-            queue.send(1, priority=1.5)
+            queue.send(1, priority=priority)
+        with pytest.raises(litejobs.ConfigError, match="priority"):
+            queue.send_batch([1], priority=priority)
+        assert snapshot(db) == before
 
     def test_sql_metacharacters_in_names_and_bodies_are_just_data(self, db):
         name = "q'; DROP TABLE messages; --"

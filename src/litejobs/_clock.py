@@ -65,15 +65,22 @@ class VirtualClock:
         self.now += to_ms(seconds, "seconds")
 
 
+#: The longest duration litejobs accepts (about 31 years); it keeps every
+#: timestamp well inside SQLite's 64-bit integers.
+MAX_SECONDS = 1e9
+
+
 def to_ms(seconds: float, name: str) -> int:
     """Convert a non-negative duration in seconds to whole milliseconds.
 
     Raises:
-        ConfigError: ``seconds`` is negative, NaN, infinite or not a number;
-            the message names the argument.
+        ConfigError: ``seconds`` is negative, NaN, infinite, larger than
+            :data:`MAX_SECONDS` or not a number; the message names the argument.
     """
     if isinstance(seconds, bool) or not isinstance(seconds, int | float):
         raise ConfigError(f"{name} must be a number of seconds, got {seconds!r}")
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ConfigError(f"{name} must be a finite number of seconds >= 0, got {seconds!r}")
+    if not math.isfinite(seconds) or not 0 <= seconds <= MAX_SECONDS:
+        raise ConfigError(
+            f"{name} must be a number of seconds from 0 to {MAX_SECONDS:.0e}, got {seconds!r}"
+        )
     return round(seconds * 1000)

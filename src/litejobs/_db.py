@@ -303,6 +303,9 @@ class Database:
         except apsw.Error as exc:
             self._counter.record(1)
             raise translate(exc, self.path) from exc
+        except BaseException:
+            self._counter.record(1)
+            raise
         self._counter.record(1)
         return result
 
@@ -320,6 +323,9 @@ class Database:
             except apsw.Error as exc:
                 self._counter.record(attempt)
                 raise translate(exc, self.path) from exc
+            except BaseException:
+                self._counter.record(attempt)
+                raise
             self._counter.record(attempt)
             return result
         self._counter.record(attempt, gave_up=True)

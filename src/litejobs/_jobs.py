@@ -67,7 +67,7 @@ def _action(value: str) -> ToleranceAction:
 
 
 def _max_failures(instance: object, attribute: attrs.Attribute, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
         raise ConfigError(f"max_child_failures must be an int >= 0 (0 = unlimited), got {value!r}")
 
 

@@ -57,9 +57,13 @@ class DeadLetter:
     dead_at: int
 
 
+_INT64 = 2**63
+
+
 def _check_int(value: object, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name} must be an int >= {minimum}, got {value!r}")
+    """Check an int argument that SQLite will store (so at most 64 bits)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value < _INT64:
+        raise ConfigError(f"{name} must be an int from {minimum} to 2**63-1, got {value!r}")
     return value
 
 
@@ -101,7 +105,7 @@ class Queue:
         """
         encoded = dumps(body, "message body")
         delay_ms = to_ms(delay, "delay")
-        _check_int(priority, "priority", -(2**63))
+        _check_int(priority, "priority", -_INT64)
         return self.db.autocommit(
             lambda conn: insert(
                 conn,
@@ -117,7 +121,7 @@ class Queue:
     def send_batch(self, bodies: Iterable[Any], *, priority: int = 0) -> list[str]:
         """Enqueue every body in one transaction; all or nothing."""
         encoded = [dumps(body, f"message body #{i}") for i, body in enumerate(bodies)]
-        _check_int(priority, "priority", -(2**63))
+        _check_int(priority, "priority", -_INT64)
 
         def transaction(conn: apsw.Connection) -> list[str]:
             now = self.db.clock.now_ms()
@@ -290,7 +294,9 @@ def parse_receipt(receipt: object) -> tuple[str, int]:
     if isinstance(receipt, str):
         message_id, sep, fence = receipt.partition(":")
         if sep and _digits(message_id) and _digits(fence):
-            return str(int(message_id)), int(fence)
+            number, fence_number = int(message_id), int(fence)
+            if number < _INT64 and fence_number < _INT64:
+                return str(number), fence_number
     raise ConfigError(f"{receipt!r} is not a litejobs receipt (use Message.receipt)")
 
 
