@@ -279,3 +279,64 @@ def test_every_operation_is_counted_once_even_when_it_raises(db, queue):
     with pytest.raises(litejobs.StaleReceiptError):
         queue.delete("999:1")
     assert db.retry_metrics.operations - before == 2
+
+
+class TestInterruptedTransactions:
+    def test_an_interrupt_inside_a_write_rolls_back_and_frees_the_lock(self, db, queue, db_path):
+        queue.send("before")
+        before = snapshot(db)
+
+        def interrupted(conn):
+            rows(conn, "DELETE FROM messages")
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            db.write(interrupted)
+        assert db.connection().get_autocommit()
+        assert snapshot(db) == before
+        with litejobs.Database.open(db_path, busy_timeout=0) as other:
+            litejobs.Queue(other, "work").send("not blocked")
+
+    def test_a_transaction_left_open_by_an_interrupt_is_rolled_back_on_next_use(
+        self, db, queue, db_path
+    ):
+        # An interrupt landing just after BEGIN returns leaves this behind.
+        db.connection().execute("BEGIN IMMEDIATE")
+        rows(
+            db.connection(),
+            "INSERT INTO jobs (kind, status, payload, created_at) "
+            "VALUES ('half', 'pending', 'null', 0)",
+        )
+        queue.send("after")
+        assert db.connection().get_autocommit()
+        assert rows(db.connection(), "SELECT count(*) FROM jobs") == [(0,)]
+        with litejobs.Database.open(db_path, busy_timeout=0) as other:
+            assert litejobs.Queue(other, "work").stats().visible == 1
+
+
+def test_many_threads_opening_one_new_file_all_succeed(tmp_path):
+    """Each opener either creates the schema or sees it whole, never half."""
+    for round_no in range(10):
+        path = tmp_path / f"race-{round_no}.db"
+        barrier = threading.Barrier(6)
+        errors: list[BaseException] = []
+
+        def open_it(path=path, barrier=barrier, errors=errors) -> None:
+            barrier.wait()
+            try:
+                litejobs.Database.open(path).close()
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_it) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+
+
+@pytest.mark.parametrize("path", [":memory:", "", "file:x.db?mode=memory"])
+def test_in_memory_and_uri_paths_are_refused(path):
+    with pytest.raises(litejobs.ConfigError, match="needs a database file"):
+        litejobs.Database.open(path)

@@ -412,3 +412,98 @@ class TestChildStats:
 
     def test_a_parent_without_children_has_empty_stats(self, store):
         assert store.child_stats(store.create_parent("p")) == litejobs.ChildStats()
+
+
+class TestJobMessagesBelongToTheirJobs:
+    def test_the_queue_will_not_delete_a_job_s_message(self, db, store, queue, family):
+        job, message = take(store, queue)
+        before = snapshot(db)
+        with pytest.raises(litejobs.InvalidTransitionError, match=f"carries job {job.id}"):
+            queue.delete(message.receipt)
+        with pytest.raises(litejobs.InvalidTransitionError, match="carries job"):
+            queue.delete_batch([message.receipt])
+        assert snapshot(db) == before
+        assert store.complete(job.id, message.receipt, "done").status is JobStatus.COMPLETED
+
+    def test_a_failed_attempt_fences_out_its_worker(self, db, store, queue, family):
+        job, message = take(store, queue)
+        store.fail(job.id, message.receipt, "retry me")
+        before = snapshot(db)
+        with pytest.raises(litejobs.StaleReceiptError, match="given back"):
+            store.start(job.id, message.receipt)
+        assert snapshot(db) == before
+
+    @pytest.mark.parametrize("bad", [2**70, ["1"], 1, None])
+    def test_job_ids_must_be_str(self, store, bad):
+        with pytest.raises(litejobs.ConfigError, match="job ids are str"):
+            store.get(bad)
+
+
+class TestDeadJobMessages:
+    def crash_three_times(self, store, queue, clock, n):
+        for _ in range(3):
+            for _ in range(n):
+                take(store, queue, timeout=1)
+            clock.advance(1)
+
+    def test_one_sweep_fails_every_job_whose_message_died(self, store, queue, clock):
+        parent = store.create_parent("crawl")
+        children = store.spawn_children(parent, "page", [1, 2, 3], queue=queue)
+        self.crash_three_times(store, queue, clock, 3)
+        assert queue.receive(visibility_timeout=1) is None
+        assert [store.get(c).status for c in children] == [JobStatus.FAILED] * 3
+        assert store.get(parent).status is JobStatus.COMPLETED
+        assert queue.stats().total == 0
+
+    def test_a_sweep_that_reaches_stop_all_cancels_the_rest_of_the_same_sweep(
+        self, store, queue, clock
+    ):
+        parent = store.create_parent("crawl", tolerance=Tolerance(2, "stop_all"))
+        store.spawn_children(parent, "page", [1, 2, 3], queue=queue)
+        self.crash_three_times(store, queue, clock, 3)
+        queue.receive(visibility_timeout=1)
+        assert store.child_stats(parent) == litejobs.ChildStats(failed=2, cancelled=1)
+        assert store.get(parent).status is JobStatus.FAILED
+
+    def test_receive_batch_sweeps_dead_job_messages_too(self, store, queue, clock):
+        parent = store.create_parent("crawl")
+        (child,) = store.spawn_children(parent, "page", [1], queue=queue)
+        self.crash_three_times(store, queue, clock, 1)
+        assert queue.receive_batch(4, visibility_timeout=1) == []
+        assert store.get(child).status is JobStatus.FAILED
+
+    def test_a_dead_job_message_behind_busier_traffic_is_swept_within_the_interval(
+        self, store, queue, clock
+    ):
+        parent = store.create_parent("crawl")
+        (child,) = store.spawn_children(parent, "page", [1], queue=queue)
+        for _ in range(3):
+            take(store, queue, timeout=1)
+            clock.advance(0.5)
+            queue.send("urgent", priority=9)
+            assert queue.receive(visibility_timeout=60).body == "urgent"
+            clock.advance(0.5)
+        # The job's message is dead now, behind a stream of urgent messages.
+        interval = litejobs._queue.SWEEP_INTERVAL_MS / 1000
+        steps = 0
+        while store.get(child).status is JobStatus.RUNNING:
+            queue.send("urgent", priority=9)
+            assert queue.receive(visibility_timeout=60).body == "urgent"
+            clock.advance(0.25)
+            steps += 1
+            assert steps * 0.25 <= interval + 0.25, "the dead job was never swept"
+        assert store.get(child).status is JobStatus.FAILED
+        assert queue.dead_letters() == []
+
+
+class TestToleranceFiresOnce:
+    @pytest.mark.parametrize(
+        ("action", "column"), [("continue", "error"), ("mark_warning", "warning")]
+    )
+    def test_failures_past_the_threshold_do_not_fire_again(self, store, queue, action, column):
+        parent = store.create_parent("crawl", tolerance=Tolerance(2, action))
+        store.spawn_children(parent, "page", [1, 2, 3, 4], queue=queue)
+        for _ in range(3):
+            job, message = take(store, queue)
+            store.fail(job.id, message.receipt, "broken", retry=False)
+        assert getattr(store.get(parent), column) == "2 child failures reached max_child_failures=2"

@@ -382,3 +382,28 @@ class TestBadInput:
         assert message.body == "x'); DELETE FROM jobs; --"
         evil.delete(message.receipt)
         assert litejobs.Queue(db, "work").stats().total == 0
+
+
+class TestGivingBack:
+    def test_nack_makes_the_receipt_stale(self, db, queue):
+        queue.send("job")
+        message = receive(queue, timeout=60)
+        queue.nack(message.receipt, delay=5)
+        before = snapshot(db)
+        for call in (
+            lambda: queue.extend(message.receipt, 60),
+            lambda: queue.nack(message.receipt),
+            lambda: queue.delete(message.receipt),
+        ):
+            with pytest.raises(litejobs.StaleReceiptError, match="given back"):
+                call()
+        assert snapshot(db) == before
+
+    def test_redrive_ignores_repeated_ids_and_wants_str_ids(self, queue, clock):
+        dead = queue.send("a")
+        for _ in range(3):
+            receive(queue, timeout=1)
+            clock.advance(1)
+        with pytest.raises(litejobs.ConfigError, match="message ids"):
+            queue.redrive([int(dead)])
+        assert queue.redrive([dead, dead]) == 1

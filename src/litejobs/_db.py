@@ -59,6 +59,8 @@ def rows(conn: apsw.Connection, sql: str, params: Sequence[Any] | dict[str, Any]
 
 def translate(exc: apsw.Error, path: str) -> LiteJobsError:
     """Map an apsw exception to the litejobs error a caller should see."""
+    if isinstance(exc, apsw.BusyError):
+        return BusyError(f"database {path} is locked: {exc}", attempts=1)
     if isinstance(exc, apsw.NotADBError):
         return SchemaError(f"{path} is not a litejobs database (not an SQLite file)")
     if isinstance(exc, _STORAGE_ERRORS):
@@ -75,6 +77,25 @@ def _create_private(path: str) -> None:
         pass
     except OSError as exc:
         raise StorageError(f"cannot create database {path}: {exc.strerror}") from None
+
+
+def _transaction(conn: apsw.Connection, begin: str, fn: Callable[[apsw.Connection], T]) -> T:
+    """Run ``fn`` between ``begin`` and COMMIT; roll back on any exception,
+    including one that interrupts BEGIN or COMMIT themselves."""
+    try:
+        conn.execute(begin)
+        result = fn(conn)
+        conn.execute("COMMIT")
+    except BaseException:
+        if not conn.get_autocommit():
+            conn.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _use_wal(conn: apsw.Connection) -> None:
+    if rows(conn, "PRAGMA journal_mode")[0][0] != "wal":
+        rows(conn, "PRAGMA journal_mode=WAL")
 
 
 class Database:
@@ -137,6 +158,11 @@ class Database:
             ConfigError: a setting is out of range.
         """
         path = os.fspath(path)
+        if path in ("", ":memory:") or path.startswith("file:"):
+            raise ConfigError(
+                f"litejobs needs a database file path, got {path!r}: in-memory and URI "
+                "databases are private to one connection, and litejobs uses one per thread"
+            )
         if synchronous not in _SYNCHRONOUS:
             raise ConfigError(f"synchronous must be one of {_SYNCHRONOUS}, got {synchronous!r}")
         if not isinstance(busy_timeout, int | float) or not 0 <= busy_timeout < 86_400:
@@ -212,13 +238,10 @@ class Database:
     # -- the schema --------------------------------------------------------
 
     def _prepare_file(self) -> None:
-        conn = self.connection()
-        try:
-            fresh = self._check_header(conn)
-            if rows(conn, "PRAGMA journal_mode")[0][0] != "wal":
-                rows(conn, "PRAGMA journal_mode=WAL")
-        except apsw.Error as exc:
-            raise translate(exc, self.path) from exc
+        # One read transaction, so that a schema another process commits
+        # meanwhile is seen whole or not at all.
+        fresh = self.read(self._check_header)
+        self._with_retry(_use_wal)
         # Creating the schema also proves the file writable; an existing
         # database proves it with an empty write transaction.
         self.write(self._create_schema if fresh else lambda conn: None)
@@ -260,19 +283,7 @@ class Database:
         A :class:`LiteJobsError` raised by ``fn`` rolls back and propagates
         unchanged, so validation inside a transaction leaves nothing behind.
         """
-
-        def transaction(conn: apsw.Connection) -> T:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if not conn.get_autocommit():
-                    conn.execute("ROLLBACK")
-                raise
-            return result
-
-        return self._with_retry(transaction)
+        return self._with_retry(lambda conn: _transaction(conn, "BEGIN IMMEDIATE", fn))
 
     def autocommit(self, fn: Callable[[apsw.Connection], T]) -> T:
         """Run ``fn(conn)``, which must be one write statement, retried on busy.
@@ -284,18 +295,14 @@ class Database:
 
     def read(self, fn: Callable[[apsw.Connection], T]) -> T:
         """Run ``fn(conn)`` in one read transaction, so its queries agree."""
-
-        def transaction(conn: apsw.Connection) -> T:
-            conn.execute("BEGIN")
-            try:
-                return fn(conn)
-            finally:
-                conn.execute("COMMIT")
-
-        return self._with_retry(transaction)
+        return self._with_retry(lambda conn: _transaction(conn, "BEGIN", fn))
 
     def _with_retry(self, op: Callable[[apsw.Connection], T]) -> T:
         conn = self.connection()
+        if not conn.get_autocommit():
+            # Only an interrupt between BEGIN returning and our handler
+            # running can leave this; it would hold the write lock forever.
+            conn.execute("ROLLBACK")
         try:
             result = op(conn)
         except apsw.BusyError:

@@ -421,6 +421,8 @@ class JobStore:
     # -- helpers -------------------------------------------------------------
 
     def _load(self, conn: apsw.Connection, job_id: str) -> Job:
+        if not isinstance(job_id, str):
+            raise ConfigError(f"job ids are str, as create_parent returns them; got {job_id!r}")
         found = rows(conn, f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
         if not found:
             raise NotFoundError(f"no job {job_id!r}")

@@ -17,7 +17,12 @@ import attrs
 from litejobs import _hierarchy
 from litejobs._clock import to_ms
 from litejobs._db import Database, rows
-from litejobs._errors import ConfigError, NotFoundError, StaleReceiptError
+from litejobs._errors import (
+    ConfigError,
+    InvalidTransitionError,
+    NotFoundError,
+    StaleReceiptError,
+)
 from litejobs._payload import dumps, loads
 
 
@@ -90,6 +95,7 @@ class Queue:
         self.db = db
         self.name = name
         self.max_receive = _check_int(max_receive, "max_receive", 1)
+        self._next_sweep = 0
 
     def __repr__(self) -> str:
         return f"Queue({self.db.path!r}, {self.name!r}, max_receive={self.max_receive})"
@@ -140,27 +146,26 @@ class Queue:
         dead-lettered instead of delivered.
         """
         lease_ms = to_ms(visibility_timeout, "visibility_timeout")
-        while True:
+        if self.db.clock.now_ms() < self._next_sweep:
             claimed = self.db.autocommit(lambda conn: self._claim(conn, lease_ms, 1))
             if claimed:
                 return claimed[0]
-            # Empty, or the most urgent message is exhausted: sweep and look again.
-            if not self.db.read(
-                lambda conn: has_exhausted(conn, self.name, self.db.clock.now_ms())
-            ):
-                return None
-            self.db.write(lambda conn: sweep(conn, self.name, self.db.clock.now_ms()))
+        # Empty, the most urgent message is exhausted, or a sweep is due.
+        claimed = self.db.write(lambda conn: self._sweep_and_claim(conn, lease_ms, 1))
+        return claimed[0] if claimed else None
 
     def receive_batch(self, n: int, *, visibility_timeout: float) -> list[Message]:
         """Lease up to ``n`` visible messages in one transaction, most urgent first."""
         _check_int(n, "n", 1)
         lease_ms = to_ms(visibility_timeout, "visibility_timeout")
 
-        def transaction(conn: apsw.Connection) -> list[Message]:
-            sweep(conn, self.name, self.db.clock.now_ms())
-            return self._claim(conn, lease_ms, n)
+        return self.db.write(lambda conn: self._sweep_and_claim(conn, lease_ms, n))
 
-        return self.db.write(transaction)
+    def _sweep_and_claim(self, conn: apsw.Connection, lease_ms: int, n: int) -> list[Message]:
+        now = self.db.clock.now_ms()
+        sweep(conn, self.name, now)
+        self._next_sweep = now + SWEEP_INTERVAL_MS
+        return self._claim(conn, lease_ms, n)
 
     def _claim(self, conn: apsw.Connection, lease_ms: int, n: int) -> list[Message]:
         now = self.db.clock.now_ms()
@@ -187,24 +192,34 @@ class Queue:
 
         Raises:
             StaleReceiptError: the receipt no longer holds the message.
+            InvalidTransitionError: the message carries a job; finish the job
+                through :class:`JobStore` instead.
         """
         message_id, fence = parse_receipt(receipt)
         self.db.autocommit(
-            lambda conn: fenced(conn, DELETE, message_id, fence, self.db.clock.now_ms(), self.name)
+            lambda conn: fenced(
+                conn, DELETE_PLAIN, message_id, fence, self.db.clock.now_ms(), self.name
+            )
         )
 
     def delete_batch(self, receipts: Iterable[str]) -> list[str]:
         """Delete every message whose receipt is live, in one transaction, and
-        return the receipts that were stale (in the order given)."""
+        return the receipts that were stale (in the order given).
+
+        Raises:
+            InvalidTransitionError: a message carries a job; nothing is deleted.
+        """
         parsed = [(r, *parse_receipt(r)) for r in _not_a_str(receipts, "receipts")]
 
         def transaction(conn: apsw.Connection) -> list[str]:
             now = self.db.clock.now_ms()
-            return [
-                receipt
-                for receipt, message_id, fence in parsed
-                if not _deleted(conn, message_id, fence, now, self.name)
-            ]
+            stale = []
+            for receipt, message_id, fence in parsed:
+                try:
+                    fenced(conn, DELETE_PLAIN, message_id, fence, now, self.name)
+                except StaleReceiptError:
+                    stale.append(receipt)
+            return stale
 
         return self.db.write(transaction)
 
@@ -239,7 +254,12 @@ class Queue:
         return QueueStats(visible=visible, delayed=delayed, in_flight=in_flight, dead=dead)
 
     def dead_letters(self) -> list[DeadLetter]:
-        """Every dead message of this queue, oldest death first."""
+        """Every dead message of this queue that :meth:`redrive` can move,
+        oldest death first.
+
+        A dead job message is not listed: the next sweep fails its job and
+        deletes it (``stats().dead`` still counts it until then).
+        """
         params = {"queue": self.name, "now": self.db.clock.now_ms()}
         found = self.db.read(lambda conn: rows(conn, _DEAD_LETTERS, params))
         return [
@@ -258,7 +278,9 @@ class Queue:
             NotFoundError: an id in ``ids`` is not a dead letter of this queue;
                 nothing is redriven.
         """
-        wanted = None if ids is None else list(_not_a_str(ids, "ids"))
+        wanted = None if ids is None else list(dict.fromkeys(_not_a_str(ids, "ids")))
+        if wanted and not all(isinstance(i, str) for i in wanted):
+            raise ConfigError(f"ids must be message ids (str), got {wanted!r}")
 
         def transaction(conn: apsw.Connection) -> int:
             now = self.db.clock.now_ms()
@@ -348,16 +370,10 @@ WHERE id IN (
 RETURNING id, body, received, fence, priority, created
 """
 
-_EXHAUSTED = """
-SELECT 1 FROM messages
-WHERE queue = :queue AND dead_at IS NULL AND received >= max_receive AND timeout <= :now
-LIMIT 1
-"""
-
-
-def has_exhausted(conn: apsw.Connection, queue: str, now: int) -> bool:
-    return bool(rows(conn, _EXHAUSTED, {"queue": queue, "now": now}))
-
+#: How often, at most, a receiving Queue sweeps exhausted messages that are
+#: not at the head of the queue (a dead head is swept at once). It bounds how
+#: long a job whose message died behind busier traffic stays "running".
+SWEEP_INTERVAL_MS = 1000
 
 _SWEEP = """
 UPDATE messages SET dead_at = timeout, fence = fence + 1, leased = 0
@@ -384,7 +400,9 @@ AND dead_at IS NULL AND NOT (received >= max_receive AND timeout <= ?3)
 # about 20 % to the cost of a single-message delete.
 DELETE = f"DELETE FROM messages WHERE {FENCE}"
 EXTEND = f"UPDATE messages SET timeout = ?3 + ?5, leased = 1 WHERE {FENCE}"
-NACK = f"UPDATE messages SET timeout = ?3 + ?5, leased = 0 WHERE {FENCE}"
+NACK = f"UPDATE messages SET timeout = ?3 + ?5, leased = 0, fence = fence + 1 WHERE {FENCE}"
+# What Queue.delete runs: a job's message leaves only with its job's outcome.
+DELETE_PLAIN = f"{DELETE} AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.message_id = messages.id)"
 CAN_RETRY = f"SELECT received < max_receive FROM messages WHERE {FENCE}"
 
 
@@ -398,16 +416,18 @@ def fenced(
     *,
     delay: int | None = None,
 ) -> None:
-    """Run a fenced write: :data:`DELETE`, :data:`EXTEND` or :data:`NACK`.
+    """Run a fenced write: :data:`DELETE`, :data:`DELETE_PLAIN`,
+    :data:`EXTEND` or :data:`NACK`.
 
     Raises:
         StaleReceiptError: the receipt no longer holds the message; the
             message says why.
+        InvalidTransitionError: :data:`DELETE_PLAIN` met a job's message.
     """
     params = (message_id, fence, now, queue)
     conn.execute(sql, params if delay is None else (*params, delay))
     if not conn.changes():
-        raise stale(conn, message_id, fence, now, queue)
+        raise refusal(conn, message_id, fence, now, queue)
 
 
 def can_retry(conn: apsw.Connection, message_id: str, fence: int, now: int) -> bool:
@@ -418,19 +438,16 @@ def can_retry(conn: apsw.Connection, message_id: str, fence: int, now: int) -> b
     """
     found = rows(conn, CAN_RETRY, (message_id, fence, now, None))
     if not found:
-        raise stale(conn, message_id, fence, now, None)
+        raise refusal(conn, message_id, fence, now, None)
     return bool(found[0][0])
 
 
-def _deleted(conn: apsw.Connection, message_id: str, fence: int, now: int, queue: str) -> bool:
-    conn.execute(DELETE, (message_id, fence, now, queue))
-    return conn.changes() == 1
-
-
-def stale(
+def refusal(
     conn: apsw.Connection, message_id: str, fence: int, now: int, queue: str | None
-) -> StaleReceiptError:
-    """Explain why receipt ``message_id:fence`` does not hold its message."""
+) -> StaleReceiptError | InvalidTransitionError:
+    """Explain why a fenced statement with receipt ``message_id:fence`` changed
+    nothing: the receipt is stale, or (for :data:`DELETE_PLAIN`) the message
+    carries a job."""
     receipt = f"{message_id}:{fence}"
     found = rows(
         conn,
@@ -446,9 +463,13 @@ def stale(
         elif dead_at is not None or (received >= max_receive and timeout <= now):
             why = f"the message was dead-lettered after {received} receives"
         elif current != fence:
-            why = "the message was received again since"
-        else:  # pragma: no cover - the fenced statement would have matched
-            why = "the message is not held by this receipt"
+            why = "the message was received again, given back or redriven since"
+        else:
+            ((job_id,),) = rows(conn, "SELECT id FROM jobs WHERE message_id = ?", (message_id,))
+            return InvalidTransitionError(
+                f"message {message_id} carries job {job_id}: finish the job with "
+                "JobStore.complete or JobStore.fail, which delete its message"
+            )
     return StaleReceiptError(f"receipt {receipt} is stale: {why}")
 
 
@@ -468,6 +489,7 @@ FROM (
 _DEAD_LETTERS = """
 SELECT id, body, received, coalesce(dead_at, timeout) FROM messages
 WHERE queue = :queue AND (dead_at IS NOT NULL OR (received >= max_receive AND timeout <= :now))
+AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.message_id = messages.id)
 ORDER BY coalesce(dead_at, timeout), id
 """
 

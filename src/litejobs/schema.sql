@@ -8,8 +8,8 @@
 --   visible    when not dead and timeout <= now;
 --   in flight  when not dead, leased and timeout > now;
 --   delayed    when not dead, not leased and timeout > now.
--- fence counts receives, dead-letterings and redrives: a receipt is "id:fence",
--- so a receipt goes stale the moment any of those happen. AUTOINCREMENT keeps
+-- fence counts receives, nacks, dead-letterings and redrives: a receipt is
+-- "id:fence", so a receipt goes stale the moment any of those happen. AUTOINCREMENT keeps
 -- ids from being reused, so an old receipt can never name a newer message.
 CREATE TABLE messages (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
