@@ -73,13 +73,13 @@ def roll_up(conn: apsw.Connection, parent_id: str, now: int, *, child_failed: bo
             reason = f"{failures} child failures reached max_child_failures={limit}"
             if action == "stop_all":
                 cancel_children(conn, parent_id, now, f"cancelled by parent {parent_id}: {reason}")
-                _set_parent(conn, parent_id, "failed", now, error=reason)
+                set_parent(conn, parent_id, "failed", now, error=reason)
                 return
             column = "error" if action == "continue" else "warning"
             rows(conn, f"UPDATE jobs SET {column} = ? WHERE id = ?", (reason, parent_id))
     if not rows(conn, _ANY_ACTIVE_CHILD, (parent_id,)):
         final = "failed" if reached and action == "continue" else "completed"
-        _set_parent(conn, parent_id, final, now)
+        set_parent(conn, parent_id, final, now)
 
 
 _ANY_ACTIVE_CHILD = """
@@ -87,9 +87,10 @@ SELECT 1 FROM jobs WHERE parent_id = ? AND status IN ('pending', 'running') LIMI
 """
 
 
-def _set_parent(
+def set_parent(
     conn: apsw.Connection, parent_id: str, status: str, now: int, *, error: str | None = None
 ) -> None:
+    """Give a parent its terminal status (the caller knows it is not terminal)."""
     rows(
         conn,
         "UPDATE jobs SET status = ?, completed_at = ?, error = coalesce(?, error) WHERE id = ?",

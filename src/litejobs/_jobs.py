@@ -30,7 +30,7 @@ from litejobs._errors import (
     NotFoundError,
     StaleReceiptError,
 )
-from litejobs._hierarchy import cancel_children, finish
+from litejobs._hierarchy import cancel_children, finish, set_parent
 from litejobs._payload import dumps, loads
 from litejobs._queue import Queue, parse_receipt
 
@@ -219,6 +219,7 @@ class JobStore:
         """
         _kind(kind)
         encoded = [dumps(p, f"payload #{i}") for i, p in enumerate(payloads)]
+        _queue.check_int(priority, "priority", -_queue.INT64)
         if not isinstance(queue, Queue) or queue.db is not self.db:
             raise ConfigError("queue must be a litejobs.Queue on this store's database")
 
@@ -276,7 +277,7 @@ class JobStore:
             job = self._worker_job(
                 conn, job_id, message_id, fence, "start", (JobStatus.PENDING, JobStatus.RUNNING)
             )
-            _queue.can_retry(conn, message_id, fence, now)
+            _queue.check_receipt(conn, message_id, fence, now)
             (row,) = rows(
                 conn,
                 f"""
@@ -336,7 +337,7 @@ class JobStore:
         def transaction(conn: apsw.Connection) -> Job:
             now = self.db.clock.now_ms()
             job = self._worker_job(conn, job_id, message_id, fence, "fail", (JobStatus.RUNNING,))
-            if retry and _queue.can_retry(conn, message_id, fence, now):
+            if retry and _queue.check_receipt(conn, message_id, fence, now):
                 _queue.fenced(conn, _queue.NACK, message_id, fence, now, delay=delay_ms)
                 rows(
                     conn,
@@ -371,11 +372,7 @@ class JobStore:
             if parent.status.terminal:
                 raise InvalidTransitionError(f"parent {parent_id} is already {parent.status}")
             cancelled = cancel_children(conn, parent_id, now, f"cancelled with parent {parent_id}")
-            rows(
-                conn,
-                "UPDATE jobs SET status = 'cancelled', completed_at = ? WHERE id = ?",
-                (now, parent_id),
-            )
+            set_parent(conn, parent_id, "cancelled", now)
             return cancelled
 
         return self.db.write(transaction)

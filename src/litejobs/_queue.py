@@ -62,12 +62,12 @@ class DeadLetter:
     dead_at: int
 
 
-_INT64 = 2**63
+INT64 = 2**63
 
 
-def _check_int(value: object, name: str, minimum: int) -> int:
+def check_int(value: object, name: str, minimum: int) -> int:
     """Check an int argument that SQLite will store (so at most 64 bits)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value < _INT64:
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value < INT64:
         raise ConfigError(f"{name} must be an int from {minimum} to 2**63-1, got {value!r}")
     return value
 
@@ -94,7 +94,7 @@ class Queue:
             raise ConfigError(f"queue name must be a non-empty str, got {name!r}")
         self.db = db
         self.name = name
-        self.max_receive = _check_int(max_receive, "max_receive", 1)
+        self.max_receive = check_int(max_receive, "max_receive", 1)
         self._next_sweep = 0
 
     def __repr__(self) -> str:
@@ -111,7 +111,7 @@ class Queue:
         """
         encoded = dumps(body, "message body")
         delay_ms = to_ms(delay, "delay")
-        _check_int(priority, "priority", -_INT64)
+        check_int(priority, "priority", -INT64)
         return self.db.autocommit(
             lambda conn: insert(
                 conn,
@@ -127,7 +127,7 @@ class Queue:
     def send_batch(self, bodies: Iterable[Any], *, priority: int = 0) -> list[str]:
         """Enqueue every body in one transaction; all or nothing."""
         encoded = [dumps(body, f"message body #{i}") for i, body in enumerate(bodies)]
-        _check_int(priority, "priority", -_INT64)
+        check_int(priority, "priority", -INT64)
 
         def transaction(conn: apsw.Connection) -> list[str]:
             now = self.db.clock.now_ms()
@@ -142,8 +142,10 @@ class Queue:
         seconds, or return ``None`` if none is visible.
 
         Urgent means highest priority, then oldest. The claim is one
-        ``UPDATE ... RETURNING``; a message that used up its receives is
-        dead-lettered instead of delivered.
+        ``UPDATE ... RETURNING``. A message that used up its receives is
+        dead-lettered instead of delivered (and its job failed) by the sweep,
+        which runs with a claim when the plain claim finds nothing, and at
+        most every :data:`SWEEP_INTERVAL_MS` otherwise.
         """
         lease_ms = to_ms(visibility_timeout, "visibility_timeout")
         if self.db.clock.now_ms() < self._next_sweep:
@@ -156,9 +158,8 @@ class Queue:
 
     def receive_batch(self, n: int, *, visibility_timeout: float) -> list[Message]:
         """Lease up to ``n`` visible messages in one transaction, most urgent first."""
-        _check_int(n, "n", 1)
+        check_int(n, "n", 1)
         lease_ms = to_ms(visibility_timeout, "visibility_timeout")
-
         return self.db.write(lambda conn: self._sweep_and_claim(conn, lease_ms, n))
 
     def _sweep_and_claim(self, conn: apsw.Connection, lease_ms: int, n: int) -> list[Message]:
@@ -173,7 +174,6 @@ class Queue:
             claimed = rows(conn, _CLAIM_ONE, (self.name, now, now + lease_ms))
         else:
             claimed = rows(conn, _CLAIM_MANY, (self.name, now, now + lease_ms, n))
-        if n > 1:
             claimed.sort(key=lambda row: (-row[4], row[5], row[0]))  # RETURNING has no order
         return [
             Message(
@@ -317,7 +317,7 @@ def parse_receipt(receipt: object) -> tuple[str, int]:
         message_id, sep, fence = receipt.partition(":")
         if sep and _digits(message_id) and _digits(fence):
             number, fence_number = int(message_id), int(fence)
-            if number < _INT64 and fence_number < _INT64:
+            if number < INT64 and fence_number < INT64:
                 return str(number), fence_number
     raise ConfigError(f"{receipt!r} is not a litejobs receipt (use Message.receipt)")
 
@@ -430,8 +430,9 @@ def fenced(
         raise refusal(conn, message_id, fence, now, queue)
 
 
-def can_retry(conn: apsw.Connection, message_id: str, fence: int, now: int) -> bool:
-    """Return whether the message has receives left.
+def check_receipt(conn: apsw.Connection, message_id: str, fence: int, now: int) -> bool:
+    """Check that the receipt holds its message, and return whether the
+    message has receives left (so a failed attempt can be retried).
 
     Raises:
         StaleReceiptError: the receipt no longer holds the message.
