@@ -12,22 +12,29 @@ PUBLIC = {
     "InvalidPayloadError",
     "InvalidTransitionError",
     "Job",
+    "JobContext",
     "JobStatus",
     "JobStore",
     "LiteJobsError",
     "Message",
     "NotFoundError",
+    "PoolStats",
     "Queue",
     "QueueStats",
     "RetryMetrics",
     "RetryPolicy",
+    "Runtime",
     "SchemaError",
     "StaleReceiptError",
     "StorageError",
     "SystemClock",
     "Tolerance",
     "ToleranceAction",
+    "TrioRuntime",
     "VirtualClock",
+    "WorkerPool",
+    "WorkerStats",
+    "run_db",
 }
 
 
@@ -39,6 +46,14 @@ def test_all_names_exactly_the_public_surface():
 def test_public_objects_report_the_litejobs_module():
     for name in PUBLIC:
         assert getattr(litejobs, name).__module__ == "litejobs", name
+
+
+def test_the_testing_namespace_re_exports_its_runtimes():
+    import litejobs.testing
+
+    assert litejobs.testing.__all__ == ["InlineRuntime", "TrioTimeClock"]
+    for name in litejobs.testing.__all__:
+        assert getattr(litejobs.testing, name).__module__ == "litejobs.testing"
 
 
 def test_every_error_derives_from_litejobs_error():

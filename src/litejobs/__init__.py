@@ -20,6 +20,8 @@ from litejobs._errors import (
 from litejobs._jobs import ChildStats, Job, JobStatus, JobStore, Tolerance, ToleranceAction
 from litejobs._queue import DeadLetter, Message, Queue, QueueStats
 from litejobs._retry import RetryMetrics, RetryPolicy
+from litejobs._runtime import Runtime, TrioRuntime, run_db
+from litejobs._worker import JobContext, PoolStats, WorkerPool, WorkerStats
 
 __version__ = "0.1.0"
 
@@ -33,22 +35,29 @@ __all__ = [
     "InvalidPayloadError",
     "InvalidTransitionError",
     "Job",
+    "JobContext",
     "JobStatus",
     "JobStore",
     "LiteJobsError",
     "Message",
     "NotFoundError",
+    "PoolStats",
     "Queue",
     "QueueStats",
     "RetryMetrics",
     "RetryPolicy",
+    "Runtime",
     "SchemaError",
     "StaleReceiptError",
     "StorageError",
     "SystemClock",
     "Tolerance",
     "ToleranceAction",
+    "TrioRuntime",
     "VirtualClock",
+    "WorkerPool",
+    "WorkerStats",
+    "run_db",
 ]
 
 # Public objects report "litejobs" as their module, so tracebacks and reprs

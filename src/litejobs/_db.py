@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import random
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from typing import Any, Literal, TypeVar
 
@@ -96,6 +96,10 @@ def _transaction(conn: apsw.Connection, begin: str, fn: Callable[[apsw.Connectio
 def _use_wal(conn: apsw.Connection) -> None:
     if rows(conn, "PRAGMA journal_mode")[0][0] != "wal":
         rows(conn, "PRAGMA journal_mode=WAL")
+
+
+class BusyAttempt(Exception):
+    """One attempt met ``SQLITE_BUSY`` under :meth:`Database.attempt_once`."""
 
 
 class Database:
@@ -303,24 +307,30 @@ class Database:
             # Only an interrupt between BEGIN returning and our handler
             # running can leave this; it would hold the write lock forever.
             conn.execute("ROLLBACK")
+        once = getattr(self._local, "once", False)
         try:
             result = op(conn)
         except apsw.BusyError:
+            if once:
+                raise BusyAttempt from None
             return self._retry_after_busy(conn, op)
         except apsw.Error as exc:
-            self._counter.record(1)
+            if not once:
+                self._counter.record(1)
             raise translate(exc, self.path) from exc
         except BaseException:
-            self._counter.record(1)
+            if not once:
+                self._counter.record(1)
             raise
-        self._counter.record(1)
+        if not once:
+            self._counter.record(1)
         return result
 
     def _retry_after_busy(self, conn: apsw.Connection, op: Callable[[apsw.Connection], T]) -> T:
         """The slow path: wait and run ``op`` again until it stops meeting
         ``SQLITE_BUSY`` or the policy's attempts run out."""
         attempt = 1
-        for delay in self.retry.delays(self._rng):
+        for delay in self.retry_delays():
             self.clock.sleep(delay)
             attempt += 1
             try:
@@ -335,13 +345,43 @@ class Database:
                 raise
             self._counter.record(attempt)
             return result
-        self._counter.record(attempt, gave_up=True)
-        raise BusyError(
-            f"database {self.path} stayed locked through {attempt} attempts; another "
+        raise self.gave_up(attempt)
+
+    # -- retries driven from outside (see litejobs._runtime.run_db) ------------
+
+    def attempt_once(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)``, a litejobs call, with no retry inside it.
+
+        ``SQLITE_BUSY`` rolls back and raises :class:`BusyAttempt`, so that an
+        async caller can wait through its runtime (cancellable, and virtual
+        under test) and call again. Every public litejobs call commits at most
+        one transaction before it returns or raises, so calling it again after
+        :class:`BusyAttempt` is safe. The caller records the attempts.
+        """
+        self._local.once = True
+        try:
+            return fn(*args)
+        finally:
+            self._local.once = False
+
+    def retry_delays(self) -> Iterator[float]:
+        """The waits before each further attempt, from this database's policy."""
+        return self.retry.delays(self._rng)
+
+    def record_attempts(self, attempts: int) -> None:
+        """Count one operation that succeeded, or failed for a reason other
+        than the lock, after ``attempts`` attempts."""
+        self._counter.record(attempts)
+
+    def gave_up(self, attempts: int) -> BusyError:
+        """Count an operation that ran out of attempts, and make its error."""
+        self._counter.record(attempts, gave_up=True)
+        return BusyError(
+            f"database {self.path} stayed locked through {attempts} attempts; another "
             "connection holds the write lock too long (raise RetryPolicy.attempts or "
             "busy_timeout)",
-            attempts=attempt,
-        ) from None
+            attempts=attempts,
+        )
 
     @property
     def retry_metrics(self) -> RetryMetrics:
