@@ -54,3 +54,55 @@ def test_the_module_runs_as_a_command():
         [sys.executable, "-m", "litejobs", "--help"], capture_output=True, text=True, check=True
     )
     assert "bench" in done.stdout
+
+
+def test_load_writes_results_report_and_plots(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(
+        ["load", "--scenario", "custom", "--parents", "2", "--children", "3", "--out", str(out)]
+    )
+    assert code == 0
+    printed = capsys.readouterr()
+    assert "PASS" in printed.out
+    assert "jobs" in printed.err  # the progress bar
+    document = json.loads((out / "results.json").read_text())
+    assert all(document["criteria"].values())
+    assert document["metrics"]["jobs_total"] == 6
+    for name in ("report.md", "throughput.png", "queue_depth.png", "completion_times.png"):
+        assert (out / name).stat().st_size > 0
+
+
+def test_load_exits_1_and_marks_the_criteria_that_failed(tmp_path, capsys):
+    # A bound too short for the parents to finish: they are not terminal.
+    code = main(["load", "--scenario", "light", "--timeout", "0.001", "--out", str(tmp_path)])
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out
+    assert "✗ all_parents_terminal" in out
+
+
+def test_load_can_compare_worker_counts_on_one_summary_page(tmp_path, capsys):
+    page = tmp_path / "summary.md"
+    code = main(
+        [
+            "load",
+            "--scenario",
+            "custom",
+            "--parents",
+            "1",
+            "--children",
+            "2",
+            "--workers",
+            "1,2",
+            "--out",
+            str(tmp_path / "runs"),
+            "--summary",
+            str(page),
+        ]
+    )
+    assert code == 0
+    text = page.read_text()
+    assert "custom, 1 workers" in text
+    assert "custom, 2 workers" in text
+    assert (tmp_path / "runs" / "custom-2w" / "report.md").exists()
+    assert "runs/custom-1w/throughput.png" in text

@@ -507,3 +507,29 @@ class TestToleranceFiresOnce:
             job, message = take(store, queue)
             store.fail(job.id, message.receipt, "broken", retry=False)
         assert getattr(store.get(parent), column) == "2 child failures reached max_child_failures=2"
+
+
+class TestSpawnKeys:
+    def test_a_key_the_parent_has_seen_spawns_nothing(self, db, store, queue):
+        parent = store.create_parent("crawl")
+        first = store.spawn_children(
+            parent, "page", ["/a", "/b", "/a"], queue=queue, keys=["/a", "/b", "/a"]
+        )
+        again = store.spawn_children(parent, "page", ["/b", "/c"], queue=queue, keys=["/b", "/c"])
+        assert len(first) == 2
+        assert len(again) == 1
+        assert [j.payload for j in store.children(parent)] == ["/a", "/b", "/c"]
+        assert queue.stats().visible == 3
+
+    def test_keys_are_per_parent(self, store, queue):
+        one, two = store.create_parent("crawl"), store.create_parent("crawl")
+        assert len(store.spawn_children(one, "page", [1], queue=queue, keys=["/"])) == 1
+        assert len(store.spawn_children(two, "page", [1], queue=queue, keys=["/"])) == 1
+
+    @pytest.mark.parametrize("keys", [["/a"], ["/a", 2]])
+    def test_keys_need_one_str_per_payload(self, db, store, queue, keys):
+        parent = store.create_parent("crawl")
+        before = snapshot(db)
+        with pytest.raises(litejobs.ConfigError, match="one str per payload"):
+            store.spawn_children(parent, "page", [1, 2], queue=queue, keys=keys)
+        assert snapshot(db) == before

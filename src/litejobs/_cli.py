@@ -41,7 +41,63 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--dir", default=None, help="where the temporary files go")
     bench.add_argument("--json", action="store_true", help="print one JSON object instead")
+
+    load = commands.add_parser(
+        "load",
+        help="run a scaled load scenario and check it",
+        description=(
+            "Run parents x children jobs through a WorkerPool on a fresh database file, "
+            "check the database (no BusyError surfaced, every message deleted, hierarchy "
+            "intact, parents terminal, workers staggered, throughput), print a summary and "
+            "write results.json, report.md and plots. Exit status 1 if any criterion failed."
+        ),
+    )
+    load.add_argument(
+        "--scenario",
+        default="light",
+        choices=["light", "medium", "heavy", "custom", "all"],
+        help="light 5x20, medium 10x50, heavy 15x100; all runs the three",
+    )
+    load.add_argument(
+        "--workers",
+        type=_workers,
+        default=[2],
+        help="worker count, or several as 2,8 (each is a run)",
+    )
+    load.add_argument("--parents", type=_positive, help="custom: parents")
+    load.add_argument("--children", type=_positive, help="custom: children per parent")
+    load.add_argument(
+        "--stagger",
+        type=float,
+        help="seconds between worker starts (default: poll interval / workers)",
+    )
+    load.add_argument("--poll-interval", type=float, default=1.0)
+    load.add_argument("--workload", choices=["synthetic", "crawl"], default="synthetic")
+    load.add_argument(
+        "--work", type=float, default=0.005, dest="work_s", help="seconds each synthetic job takes"
+    )
+    load.add_argument("--fan-out", type=int, default=3, help="crawl: links per page")
+    load.add_argument("--depth", type=int, default=3, help="crawl: site depth")
+    load.add_argument("--max-depth", type=int, default=3, help="crawl: how deep to follow")
+    load.add_argument("--latency", type=float, default=0.0, help="crawl: server latency, s")
+    load.add_argument("--error-rate", type=float, default=0.0, help="crawl: failing pages")
+    load.add_argument("--timeout", type=float, default=600.0, help="bound for all parents")
+    load.add_argument("--seed", type=int, default=0)
+    load.add_argument("--out", default="load-results", help="where reports go")
+    load.add_argument(
+        "--summary", default=None, help="also write one markdown page comparing every run here"
+    )
     return parser
+
+
+def _workers(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or N,M,..., got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"worker counts must be >= 1, got {text!r}")
+    return values
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -62,11 +118,82 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Progress:
+    """A progress bar on stderr: redrawn in place on a terminal, a line per
+    quarter elsewhere (CI logs)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.tty = sys.stderr.isatty()
+        self.quarter = -1
+
+    def __call__(self, done: int, total: int, elapsed: float) -> None:
+        fraction = min(done / total, 1.0) if total else 1.0
+        bar = "#" * round(fraction * 30)
+        line = f"{self.label} [{bar:<30}] {done}/{total} jobs {elapsed:6.1f}s"
+        if self.tty:
+            print(f"\r{line}", end="", file=sys.stderr, flush=True)
+        elif int(fraction * 4) > self.quarter:
+            self.quarter = int(fraction * 4)
+            print(line, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.tty:
+            print(file=sys.stderr)
+
+
+def _load(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from litejobs._load import SCENARIOS, LoadConfig, run_load
+    from litejobs._report import format_summary, summary_markdown, write_report
+
+    scenarios = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    out = Path(args.out)
+    runs = []
+    for scenario in scenarios:
+        for workers in args.workers:
+            config = LoadConfig.for_scenario(
+                scenario,
+                parents=args.parents if scenario == "custom" else None,
+                children=args.children if scenario == "custom" else None,
+                workers=workers,
+                stagger=args.stagger,
+                poll_interval=args.poll_interval,
+                workload=args.workload,
+                work_s=args.work_s,
+                fan_out=args.fan_out,
+                depth=args.depth,
+                max_depth=args.max_depth,
+                latency=args.latency,
+                error_rate=args.error_rate,
+                timeout=args.timeout,
+                seed=args.seed,
+            )
+            progress = _Progress(f"{scenario} x{workers}")
+            try:
+                result = run_load(config, progress=progress)
+            finally:
+                progress.close()
+            many = len(scenarios) > 1 or len(args.workers) > 1
+            directory = out / f"{scenario}-{workers}w" if many else out
+            files = write_report(result, directory)
+            print(format_summary(result))
+            print(f"report: {files.markdown}\n")
+            runs.append((result, directory))
+    if args.summary:
+        page = Path(args.summary)
+        page.parent.mkdir(parents=True, exist_ok=True)
+        page.write_text(summary_markdown(runs, page), encoding="utf-8")
+        print(f"summary: {page}")
+    return 0 if all(result.passed for result, _ in runs) else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``litejobs`` command; return its exit status."""
     args = _parser().parse_args(argv)
     try:
-        return {"bench": _bench}[args.command](args)
+        return {"bench": _bench, "load": _load}[args.command](args)
     except LiteJobsError as exc:
         print(f"litejobs {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -206,12 +206,22 @@ class JobStore:
         return str(job_id)
 
     def spawn_children(
-        self, parent_id: str, kind: str, payloads: Iterable[Any], *, queue: Queue, priority: int = 0
+        self,
+        parent_id: str,
+        kind: str,
+        payloads: Iterable[Any],
+        *,
+        queue: Queue,
+        priority: int = 0,
+        keys: Iterable[str] | None = None,
     ) -> list[str]:
         """Create one pending child per payload and enqueue its message on
-        ``queue``, all in one transaction; return the child ids.
+        ``queue``, all in one transaction; return the ids of the children created.
 
-        Each message body is ``{"job_id": ..., "kind": ...}``.
+        Each message body is ``{"job_id": ..., "kind": ...}``. With ``keys`` (one
+        str per payload), a payload whose key this parent has seen before, in
+        this call or an earlier one, is skipped: spawning is idempotent, so a
+        redelivered job that spawns again creates nothing twice.
 
         Raises:
             NotFoundError: ``parent_id`` names no job.
@@ -220,6 +230,11 @@ class JobStore:
         _kind(kind)
         encoded = [dumps(p, f"payload #{i}") for i, p in enumerate(payloads)]
         _queue.check_int(priority, "priority", -_queue.INT64)
+        wanted_keys: list[str | None] = [None] * len(encoded)
+        if keys is not None:
+            wanted_keys = list(keys)
+            if len(wanted_keys) != len(encoded) or not all(isinstance(k, str) for k in wanted_keys):
+                raise ConfigError("keys must hold one str per payload")
         if not isinstance(queue, Queue) or queue.db is not self.db:
             raise ConfigError("queue must be a litejobs.Queue on this store's database")
 
@@ -236,15 +251,20 @@ class JobStore:
                     f"parent {parent_id} is {parent.status}; a terminal parent takes no children"
                 )
             children = []
-            for payload in encoded:
-                ((job_id,),) = rows(
+            for payload, key in zip(encoded, wanted_keys, strict=True):
+                created = rows(
                     conn,
                     """
-                    INSERT INTO jobs (parent_id, kind, status, payload, created_at)
-                    VALUES (?, ?, 'pending', ?, ?) RETURNING id
+                    INSERT INTO jobs (parent_id, kind, status, payload, key, created_at)
+                    VALUES (?, ?, 'pending', ?, ?, ?)
+                    ON CONFLICT (parent_id, key) WHERE key IS NOT NULL DO NOTHING
+                    RETURNING id
                     """,
-                    (parent.id, kind, payload, now),
+                    (parent.id, kind, payload, key, now),
                 )
+                if not created:
+                    continue
+                ((job_id,),) = created
                 body = dumps({"job_id": str(job_id), "kind": kind}, "message body")
                 message_id = _queue.insert(
                     conn, queue.name, body, priority, 0, queue.max_receive, now

@@ -47,9 +47,21 @@ class LoadResult:
             "passed": self.passed,
             "config": self.config,
             "criteria": self.criteria,
-            "metrics": self.metrics,
+            "metrics": _json_safe(self.metrics),
             "samples": [attrs.asdict(s) for s in self.samples],
+            "completion_times_s": list(self.completion_times_s),
         }
+
+
+def _json_safe(value: Any) -> Any:
+    """JSON has no NaN or infinity: an undefined figure becomes null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -22,6 +22,7 @@ import attrs
 import trio
 
 from litejobs._errors import (
+    BusyError,
     ConfigError,
     InvalidTransitionError,
     LiteJobsError,
@@ -43,14 +44,19 @@ class JobContext:
     receipt: str
     pool: WorkerPool
 
-    async def spawn(self, kind: str, payloads: Sequence[Any]) -> list[str]:
+    async def spawn(
+        self, kind: str, payloads: Sequence[Any], *, keys: Sequence[str] | None = None
+    ) -> list[str]:
         """Spawn children of this job's parent (all children point at the root,
-        as in the crawler this ports) on the pool's queue."""
+        as in the crawler this ports) on the pool's queue; see
+        :meth:`JobStore.spawn_children` for ``keys``."""
         parent = self.job.parent_id
         if parent is None:  # pragma: no cover - workers only run children
             raise InvalidTransitionError(f"job {self.job.id} has no parent to spawn under")
         pool = self.pool
-        return await pool.call(pool.store.spawn_children, parent, kind, payloads, queue=pool.queue)
+        return await pool.call(
+            pool.store.spawn_children, parent, kind, payloads, queue=pool.queue, keys=keys
+        )
 
 
 @attrs.define
@@ -67,6 +73,7 @@ class WorkerStats:
     released: int = 0
     skipped: int = 0
     lost_leases: int = 0
+    busy_errors: int = 0
     busy_s: float = 0.0
     idle_s: float = 0.0
 
@@ -219,9 +226,14 @@ class WorkerPool:
         stats.started_at = self._elapsed(self._start_ms)
         backoff = 0.0
         while not self._stopping:
-            message = await self.call(
-                self.queue.receive, visibility_timeout=self.visibility_timeout
-            )
+            try:
+                message = await self.call(
+                    self.queue.receive, visibility_timeout=self.visibility_timeout
+                )
+            except BusyError:  # the retry policy ran out: count it, wait, go on
+                stats.busy_errors += 1
+                await self._idle(self.poll_interval, stats)
+                continue
             if message is None:
                 backoff = min(self.poll_interval, backoff * 2 or self.poll_interval / 16)
                 await self._idle(backoff * self._rng.uniform(0.8, 1.0), stats)
@@ -229,7 +241,10 @@ class WorkerPool:
             backoff = 0.0
             stats.received += 1
             began = self.runtime.now_ms()
-            await self._process(message, stats)
+            try:
+                await self._process(message, stats)
+            except BusyError:  # the job comes back when its lease runs out
+                stats.busy_errors += 1
             stats.busy_s += self._elapsed(began)
 
     async def _idle(self, seconds: float, stats: WorkerStats) -> None:

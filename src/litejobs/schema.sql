@@ -47,6 +47,7 @@ CREATE TABLE jobs (
     warning            TEXT,
     attempts           INTEGER NOT NULL DEFAULT 0,
     message_id         INTEGER,
+    key                TEXT,
     max_child_failures INTEGER NOT NULL DEFAULT 0 CHECK (max_child_failures >= 0),
     on_failure         TEXT NOT NULL DEFAULT 'continue'
         CHECK (on_failure IN ('stop_all', 'continue', 'mark_warning')),
@@ -57,6 +58,10 @@ CREATE TABLE jobs (
 
 CREATE INDEX jobs_children ON jobs (parent_id, status) WHERE parent_id IS NOT NULL;
 CREATE INDEX jobs_message ON jobs (message_id) WHERE message_id IS NOT NULL;
+
+-- A child's optional key is unique under its parent: spawning a key the parent
+-- has seen is a no-op (a crawl's seen-URL set, kept with the children).
+CREATE UNIQUE INDEX jobs_key ON jobs (parent_id, key) WHERE key IS NOT NULL;
 
 -- Belt and braces under the Python checks: a terminal status is final.
 CREATE TRIGGER jobs_terminal_is_final
