@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -184,14 +185,17 @@ def _load(args: argparse.Namespace) -> int:
     if args.summary:
         page = Path(args.summary)
         page.parent.mkdir(parents=True, exist_ok=True)
-        page.write_text(summary_markdown(runs, page), encoding="utf-8")
+        command = "python3 -m litejobs " + shlex.join(args.argv)
+        page.write_text(summary_markdown(runs, page, command), encoding="utf-8")
         print(f"summary: {page}")
     return 0 if all(result.passed for result, _ in runs) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``litejobs`` command; return its exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    args.argv = argv
     try:
         return {"bench": _bench, "load": _load}[args.command](args)
     except LiteJobsError as exc:
