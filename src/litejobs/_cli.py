@@ -146,31 +146,21 @@ class _Progress:
 def _load(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    import attrs
+
     from litejobs._load import SCENARIOS, LoadConfig, run_load
     from litejobs._report import format_summary, summary_markdown, write_report
 
     scenarios = list(SCENARIOS) if args.scenario == "all" else [args.scenario]
+    fields = {f.name for f in attrs.fields(LoadConfig)} - {"scenario", "workers"}
     out = Path(args.out)
     runs = []
     for scenario in scenarios:
         for workers in args.workers:
-            config = LoadConfig.for_scenario(
-                scenario,
-                parents=args.parents if scenario == "custom" else None,
-                children=args.children if scenario == "custom" else None,
-                workers=workers,
-                stagger=args.stagger,
-                poll_interval=args.poll_interval,
-                workload=args.workload,
-                work_s=args.work_s,
-                fan_out=args.fan_out,
-                depth=args.depth,
-                max_depth=args.max_depth,
-                latency=args.latency,
-                error_rate=args.error_rate,
-                timeout=args.timeout,
-                seed=args.seed,
-            )
+            settings = {k: v for k, v in vars(args).items() if k in fields}
+            if scenario != "custom":  # the named scenarios fix their sizes
+                del settings["parents"], settings["children"]
+            config = LoadConfig.for_scenario(scenario, workers=workers, **settings)
             progress = _Progress(f"{scenario} x{workers}")
             try:
                 result = run_load(config, progress=progress)
