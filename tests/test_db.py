@@ -340,3 +340,21 @@ def test_many_threads_opening_one_new_file_all_succeed(tmp_path):
 def test_in_memory_and_uri_paths_are_refused(path):
     with pytest.raises(litejobs.ConfigError, match="needs a database file"):
         litejobs.Database.open(path)
+
+
+def test_a_thread_s_connection_is_closed_when_the_thread_ends(db):
+    import gc
+
+    db.connection()
+    before = len(db._connections)
+    seen = []
+    for _ in range(5):
+        thread = threading.Thread(target=lambda: seen.append(db.connection()))
+        thread.start()
+        thread.join()
+    gc.collect()
+    assert len(db._connections) == before
+    assert len(seen) == 5
+    for conn in seen:
+        with pytest.raises(apsw.ConnectionClosedError):
+            conn.execute("SELECT 1")

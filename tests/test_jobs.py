@@ -533,3 +533,26 @@ class TestSpawnKeys:
         with pytest.raises(litejobs.ConfigError, match="one str per payload"):
             store.spawn_children(parent, "page", [1, 2], queue=queue, keys=keys)
         assert snapshot(db) == before
+
+
+class TestRelease:
+    def test_release_makes_the_job_pending_and_refunds_the_receive(self, db, store, queue):
+        parent = store.create_parent("crawl")
+        store.spawn_children(parent, "page", [1], queue=queue)
+        for _ in range(5):  # more than max_receive: releases never dead-letter
+            job, message = take(store, queue)
+            released = store.release(job.id, message.receipt)
+            assert released.status is JobStatus.PENDING
+        job, message = take(store, queue)
+        assert message.receive_count == 1
+        assert store.complete(job.id, message.receipt, "ok").status is JobStatus.COMPLETED
+
+    def test_a_released_receipt_is_stale(self, db, store, queue, family):
+        job, message = take(store, queue)
+        store.release(job.id, message.receipt)
+        before = snapshot(db)
+        with pytest.raises(litejobs.StaleReceiptError, match="given back"):
+            store.start(job.id, message.receipt)
+        with pytest.raises(litejobs.InvalidTransitionError, match="pending"):
+            store.complete(job.id, message.receipt, "late")
+        assert snapshot(db) == before

@@ -41,7 +41,13 @@ def store(db):
 
 
 def virtual(main: Callable) -> None:
-    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    """Run ``main`` on virtual time; a pool that never settles fails, not hangs."""
+
+    async def bounded():
+        with trio.fail_after(100_000):
+            await main()
+
+    trio.run(bounded, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 async def until(condition: Callable[[], bool], runtime, *, limit: float = 600) -> float:
@@ -269,7 +275,7 @@ def test_release_gives_in_flight_jobs_back_to_the_queue(store, queue, runtime):
 
     virtual(main)
     assert queue.stats().visible == 2
-    assert {j.status for j in store.children(parent)} == {JobStatus.RUNNING}
+    assert {j.status for j in store.children(parent)} == {JobStatus.PENDING}
     # Nothing lost: another pool picks them up.
 
     async def again():
@@ -365,4 +371,148 @@ def test_a_cancelled_worker_leaves_no_transaction_open(tmp_path):
     check.set_busy_timeout(0)
     check.execute("BEGIN IMMEDIATE")  # nobody else holds the write lock
     check.execute("ROLLBACK")
+    db.close()
+
+
+def test_a_release_landing_while_a_job_is_being_received_never_runs_its_handler(
+    store, queue, runtime
+):
+    parent = store.create_parent("batch")
+    (child,) = store.spawn_children(parent, "echo", [1], queue=queue)
+    ran = []
+
+    async def handler(job, ctx):
+        ran.append(job.id)
+
+    pool = make_pool(store, queue, runtime, {"echo": handler}, concurrency=1)
+    receive = queue.receive
+
+    def receive_then_release(**kwargs):
+        message = receive(**kwargs)
+        pool.release()  # as if release() ran while the receive was in flight
+        return message
+
+    queue.receive = receive_then_release
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool.run)
+
+    virtual(main)
+    assert ran == []
+    assert pool.stats.total("released") == 1
+    assert store.get(child).status is JobStatus.PENDING
+    assert queue.stats().visible == 1
+
+
+def test_an_outcome_is_recorded_even_when_the_pool_is_cancelled_meanwhile(store, queue, runtime):
+    parent = store.create_parent("batch")
+    (child,) = store.spawn_children(parent, "last", [1], queue=queue)
+    pool = None
+
+    async def last_words(job, ctx):
+        pool.cancel()  # hard cancel lands as the handler returns
+        return "recorded"
+
+    async def main():
+        nonlocal pool
+        pool = make_pool(store, queue, runtime, {"last": last_words}, concurrency=1)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool.run)
+
+    virtual(main)
+    assert store.get(child).result == "recorded"
+    assert store.get(parent).status is JobStatus.COMPLETED
+
+
+def test_a_lost_lease_cancels_the_handler(store, queue, runtime, db):
+    parent = store.create_parent("batch")
+    (child,) = store.spawn_children(parent, "slow", [1], queue=queue)
+    outcomes = []
+
+    async def slow(job, ctx):
+        try:
+            await runtime.sleep(60)
+        except trio.Cancelled:
+            outcomes.append("cancelled")
+            raise
+        outcomes.append("finished")
+        return "done"
+
+    async def main():
+        pool = make_pool(
+            store, queue, runtime, {"slow": slow}, concurrency=1, visibility_timeout=5, heartbeat=2
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool.run)
+            await runtime.sleep(1)
+            # Someone takes the job over: expire its lease and receive it.
+            db.connection().execute("UPDATE messages SET timeout = 0")
+            thief = queue.receive(visibility_timeout=600)
+            assert thief is not None
+            await runtime.sleep(2)
+            pool.stop()
+        assert pool.stats.total("lost_leases") == 1
+
+    virtual(main)
+    assert outcomes == ["cancelled"]
+    assert store.get(child).status is JobStatus.RUNNING  # the thief holds it
+
+
+def test_a_heartbeat_that_meets_a_locked_database_keeps_the_pool_alive(store, queue, runtime):
+    parent = store.create_parent("batch")
+    store.spawn_children(parent, "slow", [1], queue=queue)
+    extend = queue.extend
+    calls = []
+
+    def locked_once(receipt, seconds):
+        calls.append(receipt)
+        if len(calls) == 1:
+            raise litejobs.BusyError("locked", attempts=5)
+        return extend(receipt, seconds)
+
+    queue.extend = locked_once
+
+    async def slow(job, ctx):
+        await runtime.sleep(12)
+        return "done"
+
+    async def main():
+        pool = make_pool(store, queue, runtime, {"slow": slow}, concurrency=1, visibility_timeout=5)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool.run)
+            await until(settled(store, parent), runtime)
+            pool.stop()
+        assert pool.stats.total("completed") == 1
+
+    virtual(main)
+    assert len(calls) >= 3
+
+
+def test_run_db_waits_out_a_held_lock_through_the_runtime(tmp_path, runtime):
+    """Real SQLITE_BUSY (busy timeout 0) from another connection, on virtual
+    time: the call retries after runtime sleeps and succeeds once the lock goes."""
+    path = tmp_path / "busy.db"
+    db = litejobs.Database.open(path, clock=runtime.clock, busy_timeout=0, seed=2)
+    queue = litejobs.Queue(db, "jobs")
+    intruder = apsw.Connection(str(path))
+
+    async def main():
+        intruder.execute("BEGIN IMMEDIATE")
+        async with trio.open_nursery() as nursery:
+
+            async def let_go():
+                await trio.sleep(0.25)
+                intruder.execute("COMMIT")
+
+            nursery.start_soon(let_go)
+            began = trio.current_time()
+            await litejobs.run_db(runtime, db, queue.send, "through")
+            waited = trio.current_time() - began
+        assert 0.25 <= waited < 1.0
+
+    before = db.retry_metrics.retries
+    virtual(main)
+    assert db.retry_metrics.retries - before == 2  # 0.1 s, then 0.2 s, then through
+    assert queue.stats().visible == 1
     db.close()

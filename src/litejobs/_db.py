@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from typing import Any, Literal, TypeVar
@@ -96,6 +97,16 @@ def _transaction(conn: apsw.Connection, begin: str, fn: Callable[[apsw.Connectio
 def _use_wal(conn: apsw.Connection) -> None:
     if rows(conn, "PRAGMA journal_mode")[0][0] != "wal":
         rows(conn, "PRAGMA journal_mode=WAL")
+
+
+class _Slot:
+    """Holds a thread's connection in the thread's locals; it is collected
+    when the thread ends, and that closes the connection."""
+
+    __slots__ = ("__weakref__", "conn")
+
+    def __init__(self, conn: apsw.Connection) -> None:
+        self.conn = conn
 
 
 class BusyAttempt(Exception):
@@ -199,14 +210,25 @@ class Database:
     # -- connections -------------------------------------------------------
 
     def connection(self) -> apsw.Connection:
-        """Return this thread's connection, opening it on first use."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
+        """Return this thread's connection, opening it on first use.
+
+        The connection is closed when its thread ends (trio retires idle
+        worker threads), so connections never outnumber live threads.
+        """
+        slot = getattr(self._local, "slot", None)
+        if slot is None:
             if self._closed:
                 raise StorageError(f"database {self.path} is closed")
-            conn = self._connect()
-            self._local.conn = conn
-        return conn
+            slot = _Slot(self._connect())
+            self._local.slot = slot
+            weakref.finalize(slot, self._forget, slot.conn)
+        return slot.conn
+
+    def _forget(self, conn: apsw.Connection) -> None:
+        with self._lock:
+            if conn in self._connections:
+                self._connections.remove(conn)
+        conn.close()
 
     def _connect(self) -> apsw.Connection:
         flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE

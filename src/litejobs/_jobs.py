@@ -371,6 +371,25 @@ class JobStore:
 
         return self.db.write(transaction)
 
+    def release(self, job_id: str, receipt: str) -> Job:
+        """Give a running job back unprocessed (its worker is shutting down):
+        the job is pending again and its message visible at once, and the
+        receive is refunded, so releasing never uses up the job's attempts.
+
+        Raises:
+            NotFoundError, InvalidTransitionError, StaleReceiptError.
+        """
+        message_id, fence = parse_receipt(receipt)
+
+        def transaction(conn: apsw.Connection) -> Job:
+            now = self.db.clock.now_ms()
+            job = self._worker_job(conn, job_id, message_id, fence, "release", (JobStatus.RUNNING,))
+            _queue.fenced(conn, _queue.RELEASE, message_id, fence, now)
+            rows(conn, "UPDATE jobs SET status = 'pending' WHERE id = ?", (job.id,))
+            return self._load(conn, job.id)
+
+        return self.db.write(transaction)
+
     # -- a parent's calls ----------------------------------------------------
 
     def cancel(self, parent_id: str) -> int:

@@ -401,6 +401,12 @@ AND dead_at IS NULL AND NOT (received >= max_receive AND timeout <= ?3)
 DELETE = f"DELETE FROM messages WHERE {FENCE}"
 EXTEND = f"UPDATE messages SET timeout = ?3 + ?5, leased = 1 WHERE {FENCE}"
 NACK = f"UPDATE messages SET timeout = ?3 + ?5, leased = 0, fence = fence + 1 WHERE {FENCE}"
+# Giving a message back unprocessed (a worker shutting down): visible now, and
+# the receive it spent is refunded, so releases never lead to a dead letter.
+RELEASE = (
+    "UPDATE messages SET timeout = ?3, leased = 0, fence = fence + 1, "
+    f"received = max(received - 1, 0) WHERE {FENCE}"
+)
 # What Queue.delete runs: a job's message leaves only with its job's outcome.
 DELETE_PLAIN = f"{DELETE} AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.message_id = messages.id)"
 CAN_RETRY = f"SELECT received < max_receive FROM messages WHERE {FENCE}"
@@ -417,7 +423,7 @@ def fenced(
     delay: int | None = None,
 ) -> None:
     """Run a fenced write: :data:`DELETE`, :data:`DELETE_PLAIN`,
-    :data:`EXTEND` or :data:`NACK`.
+    :data:`EXTEND`, :data:`NACK` or :data:`RELEASE`.
 
     Raises:
         StaleReceiptError: the receipt no longer holds the message; the

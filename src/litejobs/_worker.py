@@ -24,6 +24,7 @@ import trio
 from litejobs._errors import (
     BusyError,
     ConfigError,
+    InvalidPayloadError,
     InvalidTransitionError,
     LiteJobsError,
     NotFoundError,
@@ -161,6 +162,8 @@ class WorkerPool:
         self._stats = [WorkerStats(i) for i in range(concurrency)]
         self._busy_retries_before = 0
         self._stopping = False
+        self._releasing = False
+        self._cancelled = False
         self._idle_scopes: set[trio.CancelScope] = set()
         self._handler_scopes: set[trio.CancelScope] = set()
         self._nursery: trio.Nursery | None = None
@@ -188,14 +191,20 @@ class WorkerPool:
 
     def release(self) -> None:
         """Stop now, giving in-flight jobs back: their handlers are cancelled
-        and their messages made visible again for another worker."""
+        (or, if about to start, never run) and the jobs are pending again, with
+        the receive refunded, for another worker."""
+        self._releasing = True
         self.stop()
         for scope in list(self._handler_scopes):
             scope.cancel()
 
     def cancel(self) -> None:
-        """Hard cancel. In-flight jobs keep their leases and come back when the
-        leases run out; no database call is left half done."""
+        """Hard cancel. In-flight handlers are cancelled and their jobs keep
+        their leases, coming back when the leases run out; an outcome already
+        reached is still recorded, and no database call is left half done."""
+        self._cancelled = True
+        for scope in list(self._handler_scopes):
+            scope.cancel()
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
@@ -280,18 +289,27 @@ class WorkerPool:
             error = f"no handler for job kind {job.kind!r} (registered: {known})"
             await self._record_failure(job, message, error, stats, retry=False)
             return
-        outcome = await self._run_handler(handler, job, message, stats)
+        # Shielded: once a handler has finished, its outcome is recorded even if
+        # the pool is cancelled meanwhile; cancel() reaches the handler itself
+        # through its own scope.
+        with trio.CancelScope(shield=True):
+            outcome = await self._run_handler(handler, job, message, stats)
+            await self._record(outcome, job, message, stats)
+
+    async def _record(self, outcome: Any, job: Job, message: Message, stats: WorkerStats) -> None:
+        if outcome is _ABANDONED or outcome is _LOST:
+            return  # the lease runs out, or another worker has the job
         if outcome is _RELEASED:
             stats.released += 1
-            await self._finish(self.queue.nack, message.receipt)
+            await self._finish(self.store.release, job.id, message.receipt)
         elif isinstance(outcome, _Failure):
             await self._record_failure(job, message, outcome.error, stats, retry=True)
-        elif outcome is not _LOST:
+        else:
             try:
                 await self._finish(self.store.complete, job.id, message.receipt, outcome)
             except (StaleReceiptError, InvalidTransitionError):
                 stats.lost_leases += 1
-            except LiteJobsError as exc:  # e.g. a result JSON cannot carry
+            except InvalidPayloadError as exc:  # a result JSON cannot carry
                 await self._record_failure(job, message, exc, stats, retry=False)
             else:
                 stats.completed += 1
@@ -299,31 +317,37 @@ class WorkerPool:
     async def _run_handler(
         self, handler: Handler, job: Job, message: Message, stats: WorkerStats
     ) -> Any:
-        """Run the handler under a heartbeat; return its result, a _Failure,
-        _RELEASED (released by :meth:`release`) or _LOST (lease lost)."""
+        """Run the handler under a heartbeat. Return its result or a _Failure
+        if it finished; else _RELEASED (release()), _ABANDONED (cancel()) or
+        _LOST (another worker took the lease)."""
+        if self._releasing or self._cancelled:  # arrived while the job was starting
+            return _RELEASED if self._releasing else _ABANDONED
         context = JobContext(job=job, receipt=message.receipt, pool=self)
-        outcome: Any = _RELEASED
+        lost = trio.Event()
+        finished, outcome = False, None
         with trio.CancelScope() as scope:
             self._handler_scopes.add(scope)
             try:
                 async with trio.open_nursery() as nursery:
-                    lost = trio.Event()
                     nursery.start_soon(self._heartbeat, message.receipt, lost, scope)
                     try:
-                        result = await handler(job, context)
+                        outcome = await handler(job, context)
                     except Exception as exc:  # a handler's bug must not stop the pool
                         outcome = _Failure(exc)
-                    else:
-                        outcome = result
+                    finished = True
                     nursery.cancel_scope.cancel()
             finally:
                 self._handler_scopes.discard(scope)
         if lost.is_set():
             stats.lost_leases += 1
             return _LOST
+        if not finished:
+            return _ABANDONED if self._cancelled else _RELEASED
         return outcome
 
     async def _heartbeat(self, receipt: str, lost: trio.Event, handler: trio.CancelScope) -> None:
+        """Renew the lease until cancelled; a stale receipt means another
+        worker has the job now, so this handler's work would be thrown away."""
         while True:
             await self.runtime.sleep(self.heartbeat)
             try:
@@ -332,6 +356,10 @@ class WorkerPool:
                 lost.set()
                 handler.cancel()
                 return
+            except LiteJobsError:
+                # The lock outlasted the retries: try again next beat. If the
+                # lease runs out meanwhile, the next renewal says so.
+                continue
 
     async def _record_failure(
         self,
@@ -372,4 +400,5 @@ class _Failure:
 
 
 _RELEASED = object()
+_ABANDONED = object()
 _LOST = object()
