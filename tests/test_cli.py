@@ -106,3 +106,42 @@ def test_load_can_compare_worker_counts_on_one_summary_page(tmp_path, capsys):
     assert "custom, 2 workers" in text
     assert (tmp_path / "runs" / "custom-2w" / "report.md").exists()
     assert "runs/custom-1w/throughput.png" in text
+
+
+@pytest.mark.parametrize(
+    ("raised", "code", "message"),
+    [
+        (KeyboardInterrupt(), 130, "interrupted"),
+        (
+            BaseExceptionGroup("g", [BaseExceptionGroup("h", [KeyboardInterrupt()])]),
+            130,
+            "interrupted",
+        ),
+        (ExceptionGroup("g", [ExceptionGroup("h", [ValueError()])]), None, None),
+    ],
+)
+def test_interrupts_inside_exception_groups_exit_130(monkeypatch, capsys, raised, code, message):
+    import litejobs._load
+
+    def explode(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(litejobs._load, "run_load", explode)
+    if code is None:
+        with pytest.raises(ExceptionGroup):
+            main(["load"])
+        return
+    assert main(["load"]) == code
+    assert message in capsys.readouterr().err
+
+
+def test_a_litejobs_error_inside_a_group_is_reported_plainly(monkeypatch, capsys):
+    import litejobs
+    import litejobs._load
+
+    def explode(*args, **kwargs):
+        raise ExceptionGroup("g", [litejobs.StorageError("disk gone")])
+
+    monkeypatch.setattr(litejobs._load, "run_load", explode)
+    assert main(["load"]) == 1
+    assert "StorageError: disk gone" in capsys.readouterr().err

@@ -188,12 +188,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = argv
     try:
         return {"bench": _bench, "load": _load}[args.command](args)
-    except LiteJobsError as exc:
-        print(f"litejobs {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except (LiteJobsError, KeyboardInterrupt, BaseExceptionGroup) as exc:
+        # trio wraps what crosses a nursery in exception groups: look inside.
+        interrupted, error = _reason(exc)
+        if interrupted:
+            print(f"litejobs {args.command}: interrupted", file=sys.stderr)
+            return 130
+        if error is None:
+            raise
+        print(f"litejobs {args.command}: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"litejobs {args.command}: interrupted", file=sys.stderr)
-        return 130
+
+
+def _reason(exc: BaseException) -> tuple[bool, LiteJobsError | None]:
+    """Whether ``exc`` is, or holds, a KeyboardInterrupt; else the
+    LiteJobsError it is or holds, if any."""
+    if isinstance(exc, BaseExceptionGroup):
+        if exc.subgroup(KeyboardInterrupt) is not None:
+            return True, None
+        errors = exc.subgroup(LiteJobsError)
+        while isinstance(errors, BaseExceptionGroup):
+            errors = errors.exceptions[0]
+        return False, errors
+    if isinstance(exc, KeyboardInterrupt):
+        return True, None
+    return False, exc if isinstance(exc, LiteJobsError) else None
 
 
 if __name__ == "__main__":

@@ -121,7 +121,7 @@ class _Run:
     store: JobStore
     queue: Queue
     parents: list[str]
-    expected: dict[str, set[str]]  # parent id -> the children's keys it must end with
+    expected: dict[str, dict[str, str]]  # parent id -> child key -> its expected final status
     samples: list[Sample] = attrs.field(factory=list)
     done: bool = False
 
@@ -203,7 +203,7 @@ def _create(run: _Run, site: Site | None) -> None:
             run.store.spawn_children(
                 parent, SYNTHETIC_KIND, payloads, queue=run.queue, keys=numbers
             )
-            run.expected[parent] = set(numbers)
+            run.expected[parent] = dict.fromkeys(numbers, "completed")
         else:
             root = site.url("/")
             run.store.spawn_children(
@@ -214,8 +214,49 @@ def _create(run: _Run, site: Site | None) -> None:
                 keys=[root],
             )
             run.expected[parent] = {
-                site.url(p) for p in expected_crawl(site.config, config.max_depth)
+                site.url(path): "failed" if site.config.is_error(path) else "completed"
+                for path in expected_crawl(site.config, config.max_depth)
             }
+
+
+@attrs.frozen
+class Checks:
+    """What the database says after a run, counted without the pool's help."""
+
+    orphans: int  # children whose parent row is missing
+    messages_left: int  # messages still in the database
+    parents_terminal: int
+    parents_intact: int  # parents whose children's keys are exactly the expected set
+    unexpected_outcomes: int  # children not in the expected set or status
+
+
+def verify(conn: apsw.Connection, expected: dict[str, dict[str, str]]) -> Checks:
+    """Check the database against what a run should have left: for each
+    parent id, each child's key and its final status."""
+    ((orphans,),) = rows(
+        conn,
+        "SELECT count(*) FROM jobs c LEFT JOIN jobs p ON c.parent_id = p.id "
+        "WHERE c.parent_id IS NOT NULL AND p.id IS NULL",
+    )
+    ((left,),) = rows(conn, "SELECT count(*) FROM messages")
+    found: dict[str, list[tuple[str, str]]] = {parent: [] for parent in expected}
+    terminal = 0
+    for parent in expected:
+        found[parent] = rows(
+            conn, "SELECT key, status FROM jobs WHERE parent_id = ? ORDER BY id", (parent,)
+        )
+        status = rows(conn, "SELECT status FROM jobs WHERE id = ?", (parent,))
+        terminal += bool(status) and status[0][0] in ("completed", "failed", "cancelled")
+    intact = sum(
+        sorted(key for key, _ in children) == sorted(expected[parent])
+        for parent, children in found.items()
+    )
+    unexpected = sum(
+        expected[parent].get(key) != status
+        for parent, children in found.items()
+        for key, status in children
+    )
+    return Checks(orphans, left, terminal, intact, unexpected)
 
 
 def _snapshot(db: Database, parents: list[str]) -> tuple[int, int, int]:
@@ -261,33 +302,12 @@ def _measure(
     run: _Run, pool: WorkerPool, site: Site | None, started_at: str, wall: float
 ) -> LoadResult:
     config, conn = run.config, run.db.connection()
+    checks = verify(conn, run.expected)
     children = rows(
         conn,
-        "SELECT parent_id, key, status, created_at, completed_at, attempts "
-        "FROM jobs WHERE parent_id IS NOT NULL",
+        "SELECT status, created_at, completed_at FROM jobs WHERE parent_id IS NOT NULL",
     )
-    ((orphans,),) = rows(
-        conn,
-        "SELECT count(*) FROM jobs c LEFT JOIN jobs p "
-        "ON c.parent_id = p.id WHERE c.parent_id IS NOT NULL AND p.id IS NULL",
-    )
-    ((left,),) = rows(conn, "SELECT count(*) FROM messages")
-    ((parents_terminal,),) = rows(
-        conn,
-        "SELECT count(*) FROM jobs WHERE parent_id IS NULL "
-        "AND status IN ('completed', 'failed', 'cancelled')",
-    )
-    by_parent: dict[str, list[str]] = {p: [] for p in run.parents}
-    for parent_id, key, *_ in children:
-        by_parent.setdefault(str(parent_id), []).append(key)
-    intact = [
-        sorted(keys) == sorted(run.expected[p])
-        for p, keys in by_parent.items()
-        if p in run.expected
-    ]
-    completion = [
-        (done - created) / 1000 for _, _, status, created, done, _ in children if done is not None
-    ]
+    completion = [(done - created) / 1000 for _, created, done in children if done is not None]
     stats = pool.stats
     offsets = [w.started_at for w in stats.workers]
     stagger = config.effective_stagger
@@ -299,15 +319,17 @@ def _measure(
         for i, o in enumerate(offsets)
     )
     jobs = len(children)
-    throughput = jobs / wall if wall > 0 else 0.0
+    completed = sum(1 for status, _, _ in children if status == "completed")
+    throughput = completed / wall if wall > 0 else 0.0
     retry = run.db.retry_metrics
     received = stats.total("received")
-    busy_surfaced = stats.total("busy_errors") + retry.busy_errors
+    busy_surfaced = retry.busy_errors  # every BusyError raised, by any call
     depths = [s.queue_depth for s in run.samples] or [0]
     metrics: dict[str, Any] = {
         "jobs_total": jobs,
-        "jobs_completed": sum(1 for c in children if c[2] == "completed"),
-        "jobs_failed": sum(1 for c in children if c[2] == "failed"),
+        "jobs_completed": completed,
+        "jobs_failed": sum(1 for status, _, _ in children if status == "failed"),
+        "jobs_unexpected_outcome": checks.unexpected_outcomes,
         "wall_time_s": wall,
         "throughput_jobs_per_s": throughput,
         "mean_completion_s": _finite(statistics.fmean(completion) if completion else math.nan),
@@ -318,13 +340,11 @@ def _measure(
         "busy_retries": retry.retries,
         "attempts_distribution": {str(k): v for k, v in retry.attempts.items()},
         "messages_sent": jobs,
-        "messages_deleted": jobs - left,
+        "messages_deleted": jobs - checks.messages_left,
         "messages_redelivered": max(0, received - jobs),
-        "deletion_rate": (jobs - left) / jobs if jobs else 1.0,
-        "hierarchy_integrity": (sum(intact) / len(intact) if intact else 0.0)
-        if not orphans
-        else 0.0,
-        "parents_terminal": parents_terminal / len(run.parents),
+        "deletion_rate": (jobs - checks.messages_left) / jobs if jobs else 1.0,
+        "hierarchy_integrity": 0.0 if checks.orphans else checks.parents_intact / len(run.parents),
+        "parents_terminal": checks.parents_terminal / len(run.parents),
         "queue_depth_mean": statistics.fmean(depths),
         "queue_depth_peak": max(depths),
         "worker_utilisation": [
@@ -352,9 +372,10 @@ def _measure(
         metrics["http_pages_requested"] = len(site.requests)
     criteria = {
         "no_busy_errors_surfaced": busy_surfaced == 0,
-        "all_messages_deleted": left == 0,
+        "all_messages_deleted": checks.messages_left == 0,
         "hierarchy_intact": metrics["hierarchy_integrity"] == 1.0,
-        "all_parents_terminal": parents_terminal == len(run.parents),
+        "all_parents_terminal": checks.parents_terminal == len(run.parents),
+        "jobs_finished_as_expected": checks.unexpected_outcomes == 0,
         "workers_staggered": staggered,
         "throughput_at_least_10_jobs_per_s": throughput >= config.min_throughput,
     }
