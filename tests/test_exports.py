@@ -51,9 +51,17 @@ def test_public_objects_report_the_litejobs_module():
 def test_the_testing_namespace_re_exports_its_runtimes():
     import litejobs.testing
 
-    assert litejobs.testing.__all__ == ["InlineRuntime", "TrioTimeClock"]
+    assert litejobs.testing.__all__ == [
+        "InlineRuntime",
+        "QueueContract",
+        "QueueModel",
+        "TrioTimeClock",
+        "queue_machine",
+    ]
     for name in litejobs.testing.__all__:
-        assert getattr(litejobs.testing, name).__module__ == "litejobs.testing"
+        obj = getattr(litejobs.testing, name)
+        if isinstance(obj, type):
+            assert obj.__module__ == "litejobs.testing"
 
 
 def test_every_error_derives_from_litejobs_error():

@@ -3,10 +3,13 @@
 The public surface is re-exported here; the code lives in private modules.
 """
 
+from litejobs._machines import QueueContract, queue_machine
+from litejobs._model import QueueModel
 from litejobs._runtime import InlineRuntime, TrioTimeClock
 
-__all__ = ["InlineRuntime", "TrioTimeClock"]
+__all__ = ["InlineRuntime", "QueueContract", "QueueModel", "TrioTimeClock", "queue_machine"]
 
 for _name in __all__:
-    globals()[_name].__module__ = "litejobs.testing"
+    if isinstance(globals()[_name], type):
+        globals()[_name].__module__ = "litejobs.testing"
 del _name

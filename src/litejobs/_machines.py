@@ -1,0 +1,197 @@
+"""Hypothesis state machines that check a queue against the reference model.
+
+:func:`queue_machine` builds the sequential queue machine for any
+implementation of the queue contract, so the same properties can test
+litejobs or another queue.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from hypothesis import note
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from litejobs._clock import VirtualClock, to_ms
+from litejobs._errors import StaleReceiptError
+from litejobs._model import QueueModel
+
+
+class QueueContract(Protocol):
+    """What :func:`queue_machine` needs from a queue implementation.
+
+    Ids and receipts are opaque strings. ``receive`` returns ``None`` or an
+    object with ``id``, ``body``, ``receipt`` and ``receive_count``;
+    ``stats()`` returns an object with ``visible``, ``delayed``, ``in_flight``
+    and ``dead``; ``dead_letters()`` returns objects with an ``id``. Every
+    fenced call given a receipt that no longer holds its message raises
+    :class:`litejobs.StaleReceiptError` and changes nothing. Time comes only
+    from the clock passed to ``make_queue``.
+    """
+
+    def send(self, body: Any, *, delay: float = 0.0, priority: int = 0) -> str: ...
+    def send_batch(self, bodies: list[Any]) -> list[str]: ...
+    def receive(self, *, visibility_timeout: float) -> Any: ...
+    def receive_batch(self, n: int, *, visibility_timeout: float) -> list[Any]: ...
+    def delete(self, receipt: str) -> None: ...
+    def delete_batch(self, receipts: list[str]) -> list[str]: ...
+    def extend(self, receipt: str, seconds: float) -> None: ...
+    def nack(self, receipt: str, *, delay: float = 0.0) -> None: ...
+    def redrive(self) -> int: ...
+    def stats(self) -> Any: ...
+    def dead_letters(self) -> list[Any]: ...
+
+
+MakeQueue = Callable[[Path, VirtualClock], QueueContract]
+
+bodies = st.one_of(st.integers(-5, 5), st.text(max_size=3), st.lists(st.booleans(), max_size=2))
+# Durations near the interesting edges: zero, one millisecond, the leases below.
+leases = st.sampled_from([0.0, 1.0, 2.5])
+delays = st.sampled_from([0.0, 0.0, 0.001, 1.0])
+steps = st.sampled_from([0.001, 0.999, 1.0, 1.5, 2.5, 10.0])
+
+
+def queue_machine(make_queue: MakeQueue, *, max_receive: int = 3) -> type[RuleBasedStateMachine]:
+    """Build a state machine that runs ``make_queue(path, clock)``'s queue
+    beside :class:`~litejobs._model.QueueModel` and compares every return
+    value, and the whole queue after every step (invariants 1-5 of the
+    design: conservation, exclusive lease, fencing, visibility, max receive).
+
+    For example::
+
+        TestLitejobsQueue = queue_machine(
+            lambda path, clock: Queue(Database.open(path, clock=clock))
+        ).TestCase
+    """
+
+    class QueueMachine(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.directory = tempfile.mkdtemp(prefix="litejobs-machine-")
+            self.clock = VirtualClock()
+            self.queue = make_queue(Path(self.directory) / "queue.db", self.clock)
+            self.model = QueueModel(max_receive=max_receive)
+            self.receipts: list[str] = []  # every receipt handed out, live or stale
+
+        def now(self) -> int:
+            return self.clock.now_ms()
+
+        # -- sending ---------------------------------------------------------
+
+        @rule(body=bodies, delay=delays, priority=st.integers(-1, 1))
+        def send(self, body: Any, delay: float, priority: int) -> None:
+            message_id = self.queue.send(body, delay=delay, priority=priority)
+            self.model.send(message_id, body, self.now(), to_ms(delay, "delay"), priority)
+
+        @rule(batch=st.lists(bodies, min_size=1, max_size=3))
+        def send_batch(self, batch: list[Any]) -> None:
+            ids = self.queue.send_batch(batch)
+            assert len(ids) == len(batch)
+            for message_id, body in zip(ids, batch, strict=True):
+                self.model.send(message_id, body, self.now(), 0, 0)
+
+        # -- receiving -------------------------------------------------------
+
+        @rule(lease=leases)
+        def receive(self, lease: float) -> None:
+            expected = self.model.receivable(self.now())
+            got = self.queue.receive(visibility_timeout=lease)
+            if not expected:
+                assert got is None, f"received {got!r} but nothing is visible"
+                return
+            assert got is not None, f"nothing received but {expected[0].id} is visible"
+            assert got.id == expected[0].id, f"received {got.id}, expected {expected[0].id}"
+            assert got.receipt not in self.receipts, "a receipt was handed out twice"
+            leased = self.model.lease(expected[0], self.now(), to_ms(lease, "lease"), got.receipt)
+            assert (got.body, got.receive_count) == (leased.body, leased.received)
+            self.receipts.append(got.receipt)
+
+        @rule(n=st.integers(1, 3), lease=leases)
+        def receive_batch(self, n: int, lease: float) -> None:
+            expected = self.model.receivable(self.now())[:n]
+            got = self.queue.receive_batch(n, visibility_timeout=lease)
+            assert [m.id for m in got] == [m.id for m in expected]
+            for message, model in zip(got, expected, strict=True):
+                self.model.lease(model, self.now(), to_ms(lease, "lease"), message.receipt)
+                assert message.receive_count == model.received
+                self.receipts.append(message.receipt)
+
+        # -- fenced calls, with live and stale receipts ------------------------
+
+        def fenced(self, call: Callable[[], object], holds: bool, what: str) -> None:
+            try:
+                call()
+            except StaleReceiptError:
+                assert not holds, f"{what} refused a live receipt"
+            else:
+                assert holds, f"{what} accepted a stale receipt"
+
+        @precondition(lambda self: self.receipts)
+        @rule(data=st.data())
+        def delete(self, data: st.DataObject) -> None:
+            receipt = data.draw(st.sampled_from(self.receipts), label="receipt")
+            holds = self.model.holder(receipt, self.now()) is not None
+            self.fenced(lambda: self.queue.delete(receipt), holds, "delete")
+            self.model.delete(receipt, self.now())
+
+        @precondition(lambda self: self.receipts)
+        @rule(data=st.data(), seconds=leases)
+        def extend(self, data: st.DataObject, seconds: float) -> None:
+            receipt = data.draw(st.sampled_from(self.receipts), label="receipt")
+            holds = self.model.holder(receipt, self.now()) is not None
+            self.fenced(lambda: self.queue.extend(receipt, seconds), holds, "extend")
+            self.model.extend(receipt, self.now(), to_ms(seconds, "seconds"))
+
+        @precondition(lambda self: self.receipts)
+        @rule(data=st.data(), delay=delays)
+        def nack(self, data: st.DataObject, delay: float) -> None:
+            receipt = data.draw(st.sampled_from(self.receipts), label="receipt")
+            holds = self.model.holder(receipt, self.now()) is not None
+            self.fenced(lambda: self.queue.nack(receipt, delay=delay), holds, "nack")
+            self.model.nack(receipt, self.now(), to_ms(delay, "delay"))
+
+        @precondition(lambda self: self.receipts)
+        @rule(data=st.data())
+        def delete_batch(self, data: st.DataObject) -> None:
+            chosen = data.draw(
+                st.lists(st.sampled_from(self.receipts), min_size=1, max_size=3), label="receipts"
+            )
+            expected_stale = [r for r in chosen if not self.model.delete(r, self.now())]
+            assert self.queue.delete_batch(chosen) == expected_stale
+
+        @rule()
+        def redrive(self) -> None:
+            assert self.queue.redrive() == self.model.redrive(self.now())
+
+        @rule(seconds=steps)
+        def advance(self, seconds: float) -> None:
+            self.clock.advance(seconds)
+
+        # -- after every step ------------------------------------------------
+
+        @invariant()
+        def every_message_is_in_exactly_the_state_the_model_says(self) -> None:
+            stats = self.queue.stats()
+            got = {k: getattr(stats, k) for k in ("visible", "delayed", "in_flight", "dead")}
+            expected = self.model.stats(self.now())
+            note(f"t={self.now()} stats={got} model={expected}")
+            assert got == expected
+
+        @invariant()
+        def the_dead_letters_are_the_models(self) -> None:
+            got = {letter.id for letter in self.queue.dead_letters()}
+            assert got == self.model.dead_ids(self.now())
+
+        def teardown(self) -> None:
+            close = getattr(getattr(self.queue, "db", None), "close", None)
+            if close is not None:
+                close()
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    QueueMachine.__name__ = QueueMachine.__qualname__ = "QueueMachine"
+    return QueueMachine
