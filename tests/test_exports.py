@@ -56,6 +56,7 @@ def test_the_testing_namespace_re_exports_its_runtimes():
         "QueueContract",
         "QueueModel",
         "TrioTimeClock",
+        "hierarchy_machine",
         "queue_machine",
     ]
     for name in litejobs.testing.__all__:

@@ -195,3 +195,171 @@ def queue_machine(make_queue: MakeQueue, *, max_receive: int = 3) -> type[RuleBa
 
     QueueMachine.__name__ = QueueMachine.__qualname__ = "QueueMachine"
     return QueueMachine
+
+
+def hierarchy_machine(*, max_receive: int = 3) -> type[RuleBasedStateMachine]:
+    """Build a state machine that runs litejobs' :class:`JobStore` on a real
+    file beside :class:`~litejobs._hierarchy_model.HierarchyModel`: parents
+    with tolerances, children spawned, received, started, completed and failed
+    with live and stale receipts, cancellation and the clock. After every step
+    it checks invariants 6 and 7 of the design: every status equals the
+    model's, ``child_stats`` equals a fresh ``GROUP BY`` and the model,
+    tolerance fired exactly as the model says, a cancelled parent has no live
+    child or message, and once every job is terminal no message is left.
+    """
+    from litejobs._db import Database, rows
+    from litejobs._errors import InvalidTransitionError
+    from litejobs._hierarchy_model import TERMINAL, HierarchyModel
+    from litejobs._jobs import ChildStats, JobStore, Tolerance
+    from litejobs._queue import Queue
+
+    def outcome(call: Callable[[], object]) -> str:
+        try:
+            call()
+        except InvalidTransitionError:
+            return "invalid"
+        except StaleReceiptError:
+            return "stale"
+        return "ok"
+
+    class HierarchyMachine(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            self.directory = tempfile.mkdtemp(prefix="litejobs-machine-")
+            self.clock = VirtualClock()
+            self.db = Database.open(Path(self.directory) / "jobs.db", clock=self.clock)
+            self.queue = Queue(self.db, "jobs", max_receive=max_receive)
+            self.store = JobStore(self.db)
+            self.model = HierarchyModel(QueueModel(max_receive=max_receive))
+            self.receipts: list[tuple[str, str]] = []  # (job id, receipt), live or stale
+
+        def now(self) -> int:
+            return self.clock.now_ms()
+
+        @rule(
+            limit=st.integers(0, 2),
+            action=st.sampled_from(["stop_all", "continue", "mark_warning"]),
+        )
+        def create_parent(self, limit: int, action: str) -> None:
+            parent = self.store.create_parent("p", tolerance=Tolerance(limit, action))
+            self.model.create_parent(parent, limit, action)
+
+        @precondition(lambda self: self.model.parents)
+        @rule(data=st.data(), n=st.integers(1, 3))
+        def spawn(self, data: st.DataObject, n: int) -> None:
+            parent = data.draw(st.sampled_from(sorted(self.model.parents)), label="parent")
+            try:
+                children = self.store.spawn_children(parent, "k", list(range(n)), queue=self.queue)
+            except InvalidTransitionError:
+                assert self.model.parents[parent].status in TERMINAL
+                return
+            assert self.model.parents[parent].status not in TERMINAL
+            for child in children:
+                message = self.store.get(child).message_id
+                assert message is not None
+                self.model.spawn(parent, child, message, self.now())
+
+        @rule(n=st.integers(1, 3), lease=leases)
+        def receive(self, n: int, lease: float) -> None:
+            self.model.sweep(self.now())
+            expected = self.model.queue.receivable(self.now())[:n]
+            got = self.queue.receive_batch(n, visibility_timeout=lease)
+            assert [m.id for m in got] == [m.id for m in expected]
+            for message, model in zip(got, expected, strict=True):
+                self.model.queue.lease(model, self.now(), to_ms(lease, "lease"), message.receipt)
+                self.receipts.append((message.body["job_id"], message.receipt))
+
+        def held(self, data: st.DataObject) -> tuple[str, str]:
+            return data.draw(st.sampled_from(self.receipts), label="job, receipt")
+
+        @precondition(lambda self: self.receipts)
+        @rule(data=st.data())
+        def start(self, data: st.DataObject) -> None:
+            job, receipt = self.held(data)
+            expected = self.model.start(job, receipt, self.now())
+            assert outcome(lambda: self.store.start(job, receipt)) == expected
+
+        @precondition(lambda self: self.receipts)
+        @rule(data=st.data())
+        def complete(self, data: st.DataObject) -> None:
+            job, receipt = self.held(data)
+            expected = self.model.complete(job, receipt, self.now())
+            assert outcome(lambda: self.store.complete(job, receipt, "done")) == expected
+
+        @precondition(lambda self: self.receipts)
+        @rule(data=st.data(), retry=st.booleans())
+        def fail(self, data: st.DataObject, retry: bool) -> None:
+            job, receipt = self.held(data)
+            expected = self.model.fail(job, receipt, self.now(), retry)
+            assert outcome(lambda: self.store.fail(job, receipt, "no", retry=retry)) == expected
+
+        @precondition(lambda self: self.model.parents)
+        @rule(data=st.data())
+        def cancel(self, data: st.DataObject) -> None:
+            parent = data.draw(st.sampled_from(sorted(self.model.parents)), label="parent")
+            expected = self.model.cancel(parent)
+            assert outcome(lambda: self.store.cancel(parent)) == expected
+
+        @rule(seconds=steps)
+        def advance(self, seconds: float) -> None:
+            self.clock.advance(seconds)
+
+        @invariant()
+        def every_status_is_the_models(self) -> None:
+            for parent in self.model.parents.values():
+                job = self.store.get(parent.id)
+                assert (job.status, job.error, job.warning) == (
+                    parent.status,
+                    parent.error,
+                    parent.warning,
+                ), parent.id
+            for child in self.model.children.values():
+                job = self.store.get(child.id)
+                assert (job.status, job.attempts) == (child.status, child.attempts), child.id
+
+        @invariant()
+        def child_stats_equal_a_fresh_group_by_and_the_model(self) -> None:
+            conn = self.db.connection()
+            for parent in self.model.parents.values():
+                fresh = dict(
+                    rows(
+                        conn,
+                        "SELECT status, count(*) FROM jobs WHERE parent_id = ? GROUP BY status",
+                        (parent.id,),
+                    )
+                )
+                counts: dict[str, int] = {}
+                for child in parent.children:
+                    status = self.model.children[child].status
+                    counts[status] = counts.get(status, 0) + 1
+                assert (
+                    self.store.child_stats(parent.id) == ChildStats(**fresh) == ChildStats(**counts)
+                )
+
+        @invariant()
+        def no_orphans_and_cancelled_parents_hold_nothing_live(self) -> None:
+            conn = self.db.connection()
+            assert rows(
+                conn,
+                "SELECT count(*) FROM jobs c LEFT JOIN jobs p ON c.parent_id = "
+                "p.id WHERE c.parent_id IS NOT NULL AND p.id IS NULL",
+            ) == [(0,)]
+            assert rows(
+                conn,
+                "SELECT count(*) FROM jobs c JOIN jobs p ON c.parent_id = p.id "
+                "WHERE p.status = 'cancelled' AND (c.status IN "
+                "('pending', 'running') OR c.message_id IS NOT NULL)",
+            ) == [(0,)]
+
+        @invariant()
+        def once_every_job_is_terminal_no_message_is_left(self) -> None:
+            jobs = [*self.model.parents.values(), *self.model.children.values()]
+            if all(job.status in TERMINAL for job in jobs):
+                assert self.queue.stats().total == 0
+
+        def teardown(self) -> None:
+            self.db.close()
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    HierarchyMachine.__name__ = HierarchyMachine.__qualname__ = "HierarchyMachine"
+    return HierarchyMachine

@@ -3,11 +3,18 @@
 The public surface is re-exported here; the code lives in private modules.
 """
 
-from litejobs._machines import QueueContract, queue_machine
+from litejobs._machines import QueueContract, hierarchy_machine, queue_machine
 from litejobs._model import QueueModel
 from litejobs._runtime import InlineRuntime, TrioTimeClock
 
-__all__ = ["InlineRuntime", "QueueContract", "QueueModel", "TrioTimeClock", "queue_machine"]
+__all__ = [
+    "InlineRuntime",
+    "QueueContract",
+    "QueueModel",
+    "TrioTimeClock",
+    "hierarchy_machine",
+    "queue_machine",
+]
 
 for _name in __all__:
     if isinstance(globals()[_name], type):
