@@ -269,6 +269,26 @@ def hierarchy_machine(*, max_receive: int = 3) -> type[RuleBasedStateMachine]:
                 self.model.queue.lease(model, self.now(), to_ms(lease, "lease"), message.receipt)
                 self.receipts.append((message.body["job_id"], message.receipt))
 
+        @rule(result=st.sampled_from(["complete", "fail", "retry"]))
+        def work_next(self, result: str) -> None:
+            """Receive, start and finish the next job in one step, so that runs
+            reaching several failures under one parent stay short."""
+            before = len(self.receipts)
+            self.receive(1, 30.0)
+            if len(self.receipts) == before:
+                return
+            job, receipt = self.receipts[-1]
+            expected = self.model.start(job, receipt, self.now())
+            assert outcome(lambda: self.store.start(job, receipt)) == expected
+            if result == "complete":
+                expected = self.model.complete(job, receipt, self.now())
+                assert outcome(lambda: self.store.complete(job, receipt, "done")) == expected
+            else:
+                retry = result == "retry"
+                expected = self.model.fail(job, receipt, self.now(), retry)
+                got = outcome(lambda: self.store.fail(job, receipt, "no", retry=retry))
+                assert got == expected
+
         def held(self, data: st.DataObject) -> tuple[str, str]:
             return data.draw(st.sampled_from(self.receipts), label="job, receipt")
 
