@@ -206,10 +206,10 @@ def _reason(exc: BaseException) -> tuple[bool, LiteJobsError | None]:
     if isinstance(exc, BaseExceptionGroup):
         if exc.subgroup(KeyboardInterrupt) is not None:
             return True, None
-        errors = exc.subgroup(LiteJobsError)
-        while isinstance(errors, BaseExceptionGroup):
-            errors = errors.exceptions[0]
-        return False, errors
+        found: BaseException | None = exc.subgroup(LiteJobsError)
+        while isinstance(found, BaseExceptionGroup):
+            found = found.exceptions[0]
+        return False, found if isinstance(found, LiteJobsError) else None
     if isinstance(exc, KeyboardInterrupt):
         return True, None
     return False, exc if isinstance(exc, LiteJobsError) else None

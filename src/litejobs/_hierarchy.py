@@ -15,7 +15,6 @@ import apsw
 
 from litejobs._db import rows
 
-ACTIVE = ("pending", "running")
 TERMINAL = ("completed", "failed", "cancelled")
 
 

@@ -89,7 +89,7 @@ class LoadConfig:
             choices = ", ".join([*SCENARIOS, "custom"])
             raise ConfigError(f"unknown scenario {scenario!r}; choose one of {choices}")
         parents, children = SCENARIOS.get(scenario, SCENARIOS["light"])
-        settings = {"parents": parents, "children": children}
+        settings: dict[str, Any] = {"parents": parents, "children": children}
         settings.update({k: v for k, v in overrides.items() if v is not None})
         config = cls(scenario=scenario, **settings)
         if config.workload not in WORKLOADS:
@@ -97,10 +97,6 @@ class LoadConfig:
         if min(config.parents, config.children, config.workers) < 1:
             raise ConfigError("parents, children and workers must each be at least 1")
         return config
-
-    @property
-    def effective_stagger(self) -> float:
-        return self.poll_interval / self.workers if self.stagger is None else self.stagger
 
     def site(self) -> SiteConfig:
         return SiteConfig(
@@ -123,7 +119,6 @@ class _Run:
     parents: list[str]
     expected: dict[str, dict[str, str]]  # parent id -> child key -> its expected final status
     samples: list[Sample] = attrs.field(factory=list)
-    done: bool = False
 
 
 def run_load(
@@ -259,7 +254,7 @@ def verify(conn: apsw.Connection, expected: dict[str, dict[str, str]]) -> Checks
     return Checks(orphans, left, terminal, intact, unexpected)
 
 
-def _snapshot(db: Database, parents: list[str]) -> tuple[int, int, int]:
+def _snapshot(db: Database) -> tuple[int, int, int]:
     """(children terminal, queue depth, parents terminal), read consistently."""
 
     def read(conn: apsw.Connection) -> tuple[int, int, int]:
@@ -287,13 +282,12 @@ async def _sample_until_done(
     progress: Callable[[int, int, float], None] | None,
 ) -> None:
     while True:
-        done, depth, terminal = await pool.call(_snapshot, run.db, run.parents)
+        done, depth, terminal = await pool.call(_snapshot, run.db)
         elapsed = (pool.runtime.now_ms() - began) / 1000
         run.samples.append(Sample(t=elapsed, completed=done, queue_depth=depth))
         if progress:
             progress(done, total, elapsed)
         if terminal == len(run.parents):
-            run.done = True
             return
         await pool.runtime.sleep(SAMPLE_EVERY_S)
 
@@ -310,7 +304,7 @@ def _measure(
     completion = [(done - created) / 1000 for _, created, done in children if done is not None]
     stats = pool.stats
     offsets = [w.started_at for w in stats.workers]
-    stagger = config.effective_stagger
+    stagger = pool.stagger  # the pool resolves the default
     tolerance = max(0.05, 0.1 * stagger)
     # A worker whose turn came after the work was done never started: that is
     # the stagger too.

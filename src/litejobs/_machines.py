@@ -373,8 +373,9 @@ def hierarchy_machine(*, max_receive: int = 3) -> type[RuleBasedStateMachine]:
 
         @invariant()
         def once_every_job_is_terminal_no_message_is_left(self) -> None:
-            jobs = [*self.model.parents.values(), *self.model.children.values()]
-            if all(job.status in TERMINAL for job in jobs):
+            statuses = [p.status for p in self.model.parents.values()]
+            statuses += [c.status for c in self.model.children.values()]
+            if all(status in TERMINAL for status in statuses):
                 assert self.queue.stats().total == 0
 
         def teardown(self) -> None:

@@ -10,6 +10,7 @@ calls ``trio.to_thread``, ``trio.sleep`` or a clock directly.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
@@ -63,7 +64,9 @@ class TrioRuntime:
         return self.clock.now_ms()
 
 
-async def run_db(runtime: Runtime, db: Database, fn: Callable[..., T], *args: Any) -> T:
+async def run_db(
+    runtime: Runtime, db: Database, fn: Callable[..., T], *args: Any, **kwargs: Any
+) -> T:
     """Run the litejobs call ``fn(*args)`` through ``runtime``, retrying after
     ``SQLITE_BUSY`` with ``db``'s retry policy.
 
@@ -75,6 +78,8 @@ async def run_db(runtime: Runtime, db: Database, fn: Callable[..., T], *args: An
     Raises:
         BusyError: the policy's attempts ran out.
     """
+    if kwargs:  # the runtime seam passes positional arguments only
+        fn = functools.partial(fn, **kwargs)
     attempt = 1
     delays = None
     while True:

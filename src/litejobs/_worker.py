@@ -218,9 +218,7 @@ class WorkerPool:
 
     async def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run a blocking litejobs call through the runtime, with retries."""
-        if kwargs:
-            return await run_db(self.runtime, self.db, lambda: fn(*args, **kwargs))
-        return await run_db(self.runtime, self.db, fn, *args)
+        return await run_db(self.runtime, self.db, fn, *args, **kwargs)
 
     # -- a worker --------------------------------------------------------------
 
