@@ -273,7 +273,10 @@ class WorkerPool:
             # Not a job message: give it back untouched; after max_receive
             # tries it rests in the dead letters, where a person can look.
             stats.skipped += 1
-            await self._finish(self.queue.nack, message.receipt, delay=self.visibility_timeout)
+            try:
+                await self._finish(self.queue.nack, message.receipt, delay=self.visibility_timeout)
+            except StaleReceiptError:  # the lease ran out and another worker has it
+                stats.lost_leases += 1
             return
         try:
             job = await self.call(self.store.start, job_id, message.receipt)

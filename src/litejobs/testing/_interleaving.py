@@ -1,0 +1,455 @@
+"""The interleaving machine: real ``WorkerPool`` workers on a real file, with
+the order of their steps drawn by Hypothesis through the scheduler.
+
+Rules add work, start and crash workers, let an intruder connection hold the
+write lock, move the clock, and run scheduling decisions. After every rule the
+trace and the database are checked against invariants 1-8 of the design; at
+the end the pool is drained under a fair schedule and must leave every job
+finished exactly once and no message behind.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import apsw
+import attrs
+from hypothesis import note
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from litejobs._db import BusyAttempt, Database, rows
+from litejobs._jobs import Job, JobStore
+from litejobs._payload import loads
+from litejobs._queue import Message, Queue
+from litejobs._worker import JobContext, WorkerPool
+from litejobs.testing._choosers import FairChooser, HypothesisChooser, PCTChooser
+from litejobs.testing._loop import LoopThread
+from litejobs.testing._scheduler import Chooser, Scheduler, Step, format_trace
+
+#: The lease every worker takes, in seconds; heartbeats renew it every third.
+VISIBILITY = 10.0
+#: How long a job's handler works, in virtual seconds: none, less than a
+#: lease, more than a lease (so only heartbeats keep it).
+WORK = [0.0, 0.0, 4.0, 12.0]
+#: Decisions the final drain may take per job before work counts as lost.
+DRAIN_DECISIONS_PER_JOB = 150
+
+#: The last machine built, so that ``litejobs selfcheck`` can read the size of
+#: the example Hypothesis shrank to (the final replay is the last one built).
+last_run: list[Any] = [None]
+
+
+class InvariantError(AssertionError):
+    """An invariant of the design does not hold; the message names it."""
+
+
+@attrs.define
+class _Lease:
+    receipt: str
+    expires_ms: int
+    task: str
+
+
+def interleaving_machine(
+    *, chooser: str = "hypothesis", max_workers: int = 3, max_receive: int = 3
+) -> type[RuleBasedStateMachine]:
+    """Build the interleaving machine. ``chooser`` is ``"hypothesis"`` (one
+    draw per decision) or ``"pct"`` (:class:`PCTChooser`, drawn per run)."""
+    if chooser not in ("hypothesis", "pct"):
+        raise ValueError(f"chooser must be 'hypothesis' or 'pct', got {chooser!r}")
+    lease_ms = round(VISIBILITY * 1000)
+
+    def checked(fn: Callable[..., None]) -> Callable[..., None]:
+        """Mark the machine unclean while ``fn`` runs, so that a teardown after
+        a failure does not drain, and show the schedule when ``fn`` fails."""
+
+        @functools.wraps(fn)
+        def wrapper(self: InterleavingMachine, *args: Any, **kwargs: Any) -> None:
+            self.clean = False
+            try:
+                fn(self, *args, **kwargs)
+            except BaseException as exc:
+                self.show_schedule(exc)
+                raise
+            self.clean = True
+
+        return wrapper
+
+    class InterleavingMachine(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            last_run[0] = self
+            self.clean = True
+            self.steps = 0
+            self.directory = tempfile.mkdtemp(prefix="litejobs-interleaving-")
+            self.scheduler = Scheduler()
+            self.db = Database.open(
+                Path(self.directory) / "jobs.db", clock=self.scheduler.clock, busy_timeout=0, seed=0
+            )
+            self.scheduler.watch(self.db)
+            self.store = JobStore(self.db)
+            self.queue = Queue(self.db, "jobs", max_receive=max_receive)
+            self.loop = LoopThread()
+            self.workers: dict[str, WorkerPool] = {}
+            self.started = 0
+            self.children: dict[str, str] = {}  # child id -> parent id
+            self.plain: list[str] = []
+            self.intruder: apsw.Connection | None = None
+            self.checked_steps = 0
+            self.leases: dict[str, _Lease] = {}
+            self.starts: Counter[str] = Counter()
+            self.completions: Counter[str] = Counter()
+            self.handled: Counter[str] = Counter()
+            self.shown = False
+
+        # -- reporting -------------------------------------------------------------
+
+        @property
+        def decisions(self) -> int:
+            return self.scheduler.decisions
+
+        def show_schedule(self, exc: BaseException) -> None:
+            if not self.shown:
+                self.shown = True
+                note(
+                    f"schedule ({self.decisions} decisions):\n"
+                    f"{format_trace(self.scheduler.trace, last=40)}\n"
+                    f"{'':>8}  violated: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+                )
+
+        def fail(self, number: int, name: str, message: str) -> None:
+            raise InvariantError(f"invariant {number} ({name}): {message}")
+
+        # -- the workers' handler ----------------------------------------------------
+
+        async def handle(self, job: Job, context: JobContext) -> Any:
+            work = job.payload["work"]
+            if work:
+                await context.pool.runtime.sleep(work)
+            self.handled[job.id] += 1
+            return {"done": job.id}
+
+        # -- adding work ---------------------------------------------------------------
+
+        def harness_write(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+            """Write from the test's own connection, once: if a lock is held,
+            add nothing (and say so in the trace)."""
+            try:
+                return self.db.attempt_once(fn, *args)
+            except BusyAttempt:
+                self.scheduler.log("harness", what, "database locked: nothing added")
+                return None
+
+        @rule(children=st.integers(1, 3), work=st.sampled_from(WORK))
+        @checked
+        def add_parent(self, children: int, work: float) -> None:
+            self.steps += 1
+
+            def create() -> tuple[str, list[str]]:
+                parent = self.store.create_parent("crawl")
+                payloads = [{"work": work}] * children
+                return parent, self.store.spawn_children(parent, "page", payloads, queue=self.queue)
+
+            created = self.harness_write("add parent", create)
+            if created is not None:
+                parent, ids = created
+                self.children.update(dict.fromkeys(ids, parent))
+                self.scheduler.log("harness", f"add parent {parent}", f"children {', '.join(ids)}")
+
+        @rule()
+        @checked
+        def send_plain(self) -> None:
+            self.steps += 1
+            sent = self.harness_write("send", self.queue.send, {"plain": len(self.plain)})
+            if sent is not None:
+                self.plain.append(sent)
+                self.scheduler.log("harness", "send plain message", f"message {sent}")
+
+        # -- workers -------------------------------------------------------------------
+
+        @precondition(lambda self: len(self.workers) < max_workers)
+        @rule()
+        @checked
+        def start_worker(self) -> None:
+            self.steps += 1
+            self.new_worker()
+
+        def new_worker(self) -> None:
+            name = f"w{self.started}"
+            self.started += 1
+            pool = WorkerPool(
+                self.store,
+                Queue(self.db, "jobs", max_receive=max_receive),
+                {"page": self.handle},
+                runtime=self.scheduler,
+                concurrency=1,
+                stagger=0,
+                visibility_timeout=VISIBILITY,
+                seed=self.started,
+            )
+            self.workers[name] = pool
+            self.loop.call(self.scheduler.spawn, self.loop.nursery, name, pool.run)
+
+        @precondition(lambda self: self.workers)
+        @rule(data=st.data())
+        @checked
+        def crash_worker(self, data: st.DataObject) -> None:
+            self.steps += 1
+            name = data.draw(st.sampled_from(sorted(self.workers)), label="worker")
+            del self.workers[name]
+            self.loop.call(self.scheduler.crash, name)
+
+        # -- the intruder --------------------------------------------------------------
+
+        @precondition(lambda self: self.intruder is None)
+        @rule()
+        @checked
+        def hold_lock(self) -> None:
+            self.steps += 1
+            conn = apsw.Connection(self.db.path)  # busy timeout 0: never waits
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except apsw.BusyError:
+                conn.close()
+                self.scheduler.log("intruder", "BEGIN IMMEDIATE", "busy: a task holds the lock")
+                return
+            self.intruder = conn
+            self.scheduler.log("intruder", "BEGIN IMMEDIATE", "holds the write lock")
+
+        @precondition(lambda self: self.intruder is not None)
+        @rule()
+        @checked
+        def release_lock(self) -> None:
+            self.steps += 1
+            self.release_intruder()
+
+        def release_intruder(self) -> None:
+            if self.intruder is not None:
+                self.intruder.execute("ROLLBACK")
+                self.intruder.close()
+                self.intruder = None
+                self.scheduler.log("intruder", "ROLLBACK", "released the write lock")
+
+        # -- time and scheduling -----------------------------------------------------------
+
+        @rule(seconds=st.sampled_from([0.001, 1.0, 4.0, 11.0, 31.0]))
+        @checked
+        def advance(self, seconds: float) -> None:
+            self.steps += 1
+            self.loop.call_sync(self.scheduler.advance, seconds)
+
+        @rule(data=st.data(), n=st.integers(1, 12))
+        @checked
+        def run(self, data: st.DataObject, n: int) -> None:
+            self.steps += 1
+            picker: Chooser = HypothesisChooser(data) if chooser == "hypothesis" else PCTChooser(data)
+            self.decide(n, picker)
+
+        def decide(self, n: int, picker: Chooser) -> int:
+            made = 0
+            while made < n:
+                options = self.loop.call(self.scheduler.next_options)
+                if not options:
+                    break
+                self.loop.call(self.scheduler.step, picker.choose(options))
+                made += 1
+            return made
+
+        # -- invariants ------------------------------------------------------------------
+
+        @invariant()
+        @checked
+        def the_schedule_and_the_file_agree_with_the_design(self) -> None:
+            trace = self.scheduler.trace
+            for step in trace[self.checked_steps :]:
+                if step.call is not None and step.error is None:
+                    self.check_step(step)
+            self.checked_steps = len(trace)
+            self.check_file()
+            if self.scheduler.unexplained_busy:
+                step = self.scheduler.unexplained_busy[0]
+                self.fail(
+                    8,
+                    "no BusyError while retrying could help",
+                    f"{step.task}'s {step.call} met SQLITE_BUSY at decision {step.decision} "
+                    "while no connection held the write lock",
+                )
+            for task, error in self.scheduler.errors.items():
+                raise InvariantError(f"worker {task} died of {error!r}") from error
+
+        def holder(self, step: Step, receipt: str) -> None:
+            message = receipt.split(":")[0]
+            lease = self.leases.get(message)
+            if lease is None or lease.receipt != receipt:
+                live = lease.receipt if lease else "none"
+                self.fail(
+                    3,
+                    "fencing",
+                    f"{step.task}'s {step.call} at decision {step.decision} succeeded with "
+                    f"receipt {receipt}, but message {message}'s live receipt is {live}",
+                )
+
+        def check_step(self, step: Step) -> None:
+            t = step.at_ms
+            if step.call == "receive" and isinstance(step.result, Message):
+                message = step.result
+                lease = self.leases.get(message.id)
+                if lease is not None and lease.expires_ms > t:
+                    self.fail(
+                        2,
+                        "exclusive lease",
+                        f"{step.task} received message {message.id} at t={t} (decision "
+                        f"{step.decision}) while {lease.task}'s lease {lease.receipt} runs "
+                        f"until t={lease.expires_ms}",
+                    )
+                if message.receive_count > max_receive:
+                    self.fail(
+                        5,
+                        "max receive",
+                        f"message {message.id} delivered {message.receive_count} times",
+                    )
+                self.leases[message.id] = _Lease(message.receipt, t + lease_ms, step.task)
+            elif step.call == "extend":
+                receipt, seconds = step.args
+                self.holder(step, receipt)
+                self.leases[receipt.split(":")[0]].expires_ms = t + round(seconds * 1000)
+            elif step.call in ("start", "complete", "fail", "release"):
+                job, receipt = step.args[:2]
+                self.holder(step, receipt)
+                if step.call == "start":
+                    self.starts[job] += 1
+                else:
+                    del self.leases[receipt.split(":")[0]]
+                if step.call == "complete":
+                    self.completions[job] += 1
+                    if self.completions[job] > 1:
+                        self.fail(
+                            7, "exactly-once effect", f"job {job} was completed twice"
+                        )
+            elif step.call == "nack":
+                (receipt,) = step.args
+                self.holder(step, receipt)
+                del self.leases[receipt.split(":")[0]]
+
+        def check_file(self) -> None:
+            def read(conn: apsw.Connection) -> tuple[list, list]:
+                return (
+                    rows(conn, "SELECT id, parent_id, status, attempts, message_id FROM jobs"),
+                    rows(conn, "SELECT id, body, received, max_receive FROM messages"),
+                )
+
+            jobs, messages = self.db.read(read)
+            by_job: dict[str, list[str]] = {}
+            for message_id, body, received, limit in messages:
+                if received > limit:
+                    self.fail(5, "max receive", f"message {message_id} received {received} times")
+                job = loads(body, "body").get("job_id")
+                if job is not None:
+                    by_job.setdefault(job, []).append(str(message_id))
+            present = {str(m[0]) for m in messages}
+            lost = [m for m in self.plain if m not in present]
+            if lost:
+                self.fail(1, "conservation", f"plain messages {lost} vanished")
+            status = {str(j[0]): j[2] for j in jobs}
+            active: Counter[str] = Counter()
+            for job_id, parent, state, attempts, message_id in jobs:
+                job_id = str(job_id)
+                if parent is None:
+                    continue
+                queued = by_job.get(job_id, [])
+                if state in ("pending", "running"):
+                    active[str(parent)] += 1
+                    if queued != [str(message_id)]:
+                        self.fail(
+                            1,
+                            "conservation",
+                            f"{state} job {job_id} has messages {queued}, not its own "
+                            f"{message_id}: its work is lost or doubled",
+                        )
+                elif queued or message_id is not None:
+                    self.fail(
+                        7,
+                        "quiescence",
+                        f"{state} job {job_id} still has messages {queued or [message_id]}",
+                    )
+                if attempts != self.starts[job_id]:
+                    self.fail(
+                        7,
+                        "exactly-once effect",
+                        f"job {job_id} counts {attempts} attempts but was started "
+                        f"{self.starts[job_id]} times",
+                    )
+            for parent in set(self.children.values()):
+                finished = status[parent] in ("completed", "failed", "cancelled")
+                if finished == bool(active[parent]):
+                    self.fail(
+                        6,
+                        "hierarchy",
+                        f"parent {parent} is {status[parent]} with {active[parent]} "
+                        "active children",
+                    )
+
+        # -- the end ------------------------------------------------------------------
+
+        def all_done(self) -> bool:
+            ((active,),) = self.db.read(
+                lambda conn: rows(
+                    conn,
+                    "SELECT count(*) FROM jobs WHERE parent_id IS NOT NULL "
+                    "AND status IN ('pending', 'running')",
+                )
+            )
+            return active == 0
+
+        def drain(self) -> None:
+            """Finish all work under a fair schedule, then stop the workers."""
+            self.release_intruder()
+            if not self.workers:
+                self.new_worker()
+            fair = FairChooser()
+            budget = DRAIN_DECISIONS_PER_JOB * (len(self.children) + 1)
+            spent = 0
+            while not self.all_done():
+                if spent >= budget:
+                    self.fail(
+                        1,
+                        "conservation",
+                        f"jobs still unfinished after {spent} fair decisions: work was lost",
+                    )
+                spent += self.decide(10, fair)
+            for pool in self.workers.values():
+                self.loop.call_sync(pool.stop)
+            if self.decide(budget, fair) >= budget:
+                self.fail(7, "quiescence", "the workers did not stop after stop()")
+            self.the_schedule_and_the_file_agree_with_the_design()
+            for job in self.children:
+                if self.completions[job] and not self.handled[job]:
+                    self.fail(7, "exactly-once effect", f"job {job} completed but never handled")
+
+        def teardown(self) -> None:
+            try:
+                if self.clean:
+                    self.clean = False
+                    try:
+                        self.drain()
+                    except BaseException as exc:
+                        self.show_schedule(exc)
+                        raise
+            finally:
+                self.release_intruder()
+                for name in list(self.scheduler.roots()):
+                    self.loop.call(self.scheduler.crash, name)
+                self.scheduler.close()
+                self.loop.close()
+                self.db.close()
+                shutil.rmtree(self.directory, ignore_errors=True)
+
+    InterleavingMachine.__name__ = InterleavingMachine.__qualname__ = "InterleavingMachine"
+    return InterleavingMachine
