@@ -48,17 +48,39 @@ def test_public_objects_report_the_litejobs_module():
         assert getattr(litejobs, name).__module__ == "litejobs", name
 
 
-def test_the_testing_namespace_re_exports_its_runtimes():
+def test_the_testing_namespace_re_exports_the_tester():
     import litejobs.testing
 
-    assert litejobs.testing.__all__ == [
+    assert set(litejobs.testing.__all__) == {
+        "Chooser",
+        "DeadlockError",
+        "FairChooser",
+        "HypothesisChooser",
         "InlineRuntime",
+        "InvariantError",
+        "MUTANTS",
+        "Mutant",
+        "Option",
+        "PCTChooser",
+        "PROFILES",
         "QueueContract",
         "QueueModel",
+        "RandomChooser",
+        "ReplayChooser",
+        "ReplayDivergedError",
+        "Scheduler",
+        "SchedulerClock",
+        "Step",
         "TrioTimeClock",
+        "WorkerCrashed",
+        "default_profile",
+        "format_trace",
         "hierarchy_machine",
+        "interleaving_machine",
+        "mutant",
         "queue_machine",
-    ]
+        "register_profiles",
+    }
     for name in litejobs.testing.__all__:
         obj = getattr(litejobs.testing, name)
         if isinstance(obj, type):

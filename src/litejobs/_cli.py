@@ -88,6 +88,22 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument(
         "--summary", default=None, help="also write one markdown page comparing every run here"
     )
+    selfcheck = commands.add_parser(
+        "selfcheck",
+        help="prove the properties catch every seeded bug",
+        description=(
+            "Run the state machines against each seeded bug (mutant) of litejobs under a "
+            "Hypothesis profile; print, per mutant, whether it was caught, by which machine, "
+            "the examples and seconds to the first failure, and the rule steps and scheduling "
+            "decisions of the shrunk failing example. Exit status 1 if any mutant escaped."
+        ),
+    )
+    selfcheck.add_argument("--mutants", default=None, help="comma-separated names (default all)")
+    selfcheck.add_argument(
+        "--profile", default="ci", choices=["dev", "ci", "nightly"], help="Hypothesis profile"
+    )
+    selfcheck.add_argument("--json", action="store_true", help="print a JSON list instead")
+    selfcheck.add_argument("--quiet", action="store_true", help="no progress on stderr")
     return parser
 
 
@@ -181,13 +197,45 @@ def _load(args: argparse.Namespace) -> int:
     return 0 if all(result.passed for result, _ in runs) else 1
 
 
+def _selfcheck(args: argparse.Namespace) -> int:
+    try:
+        from litejobs.testing._selfcheck import format_results, selfcheck
+    except ImportError as exc:  # Hypothesis comes with the test extra
+        print(
+            f"litejobs selfcheck needs the test extra ({exc.name} is missing): "
+            "python3 -m pip install 'litejobs[test]'",
+            file=sys.stderr,
+        )
+        return 2
+    names = args.mutants.split(",") if args.mutants else None
+    done: list[str] = []
+
+    def progress(message: str) -> None:
+        if not args.quiet:
+            print(f"[{len(done) + 1}] {message}", file=sys.stderr, flush=True)
+        if "shrinking" in message:
+            done.append(message)
+
+    try:
+        results = selfcheck(names, profile=args.profile, progress=progress)
+    except KeyError as exc:
+        print(f"litejobs selfcheck: {exc.args[0]}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps([r.as_json() for r in results], indent=2))
+    else:
+        print(format_results(results))
+    return 0 if all(r.caught for r in results) else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``litejobs`` command; return its exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     args.argv = argv
     try:
-        return {"bench": _bench, "load": _load}[args.command](args)
+        commands = {"bench": _bench, "load": _load, "selfcheck": _selfcheck}
+        return commands[args.command](args)
     except (LiteJobsError, KeyboardInterrupt, BaseExceptionGroup) as exc:
         # trio wraps what crosses a nursery in exception groups: look inside.
         interrupted, error = _reason(exc)

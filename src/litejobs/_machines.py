@@ -111,6 +111,13 @@ def queue_machine(make_queue: MakeQueue, *, max_receive: int = 3) -> type[RuleBa
             assert (got.body, got.receive_count) == (leased.body, leased.received)
             self.receipts.append(got.receipt)
 
+        @rule(times=st.integers(2, max_receive + 1))
+        def receive_again_and_again(self, times: int) -> None:
+            """Receive with no lease several times in a row: a message can use
+            up its receives within one step (and one sweep interval)."""
+            for _ in range(times):
+                self.receive(0.0)
+
         @rule(n=st.integers(1, 3), lease=leases)
         def receive_batch(self, n: int, lease: float) -> None:
             expected = self.model.receivable(self.now())[:n]
@@ -328,14 +335,14 @@ def hierarchy_machine(*, max_receive: int = 3) -> type[RuleBasedStateMachine]:
         def every_status_is_the_models(self) -> None:
             for parent in self.model.parents.values():
                 job = self.store.get(parent.id)
-                assert (job.status, job.error, job.warning) == (
-                    parent.status,
-                    parent.error,
-                    parent.warning,
-                ), parent.id
+                got = (job.status, job.error, job.warning)
+                expected = (parent.status, parent.error, parent.warning)
+                assert got == expected, f"parent {parent.id}: {got}, model says {expected}"
             for child in self.model.children.values():
                 job = self.store.get(child.id)
-                assert (job.status, job.attempts) == (child.status, child.attempts), child.id
+                got = (job.status, job.attempts)
+                expected = (child.status, child.attempts)
+                assert got == expected, f"child {child.id}: {got}, model says {expected}"
 
         @invariant()
         def child_stats_equal_a_fresh_group_by_and_the_model(self) -> None:

@@ -16,6 +16,7 @@ from litejobs.testing._choosers import (
 )
 from litejobs.testing._interleaving import InvariantError, interleaving_machine
 from litejobs.testing._mutants import MUTANTS, Mutant, mutant
+from litejobs.testing._profiles import PROFILES, default_profile, register_profiles
 from litejobs.testing._scheduler import (
     Chooser,
     DeadlockError,
@@ -29,6 +30,7 @@ from litejobs.testing._scheduler import (
 
 __all__ = [
     "MUTANTS",
+    "PROFILES",
     "Chooser",
     "DeadlockError",
     "FairChooser",
@@ -38,21 +40,23 @@ __all__ = [
     "Mutant",
     "Option",
     "PCTChooser",
+    "QueueContract",
+    "QueueModel",
     "RandomChooser",
     "ReplayChooser",
     "ReplayDivergedError",
     "Scheduler",
     "SchedulerClock",
     "Step",
-    "WorkerCrashed",
-    "QueueContract",
-    "QueueModel",
     "TrioTimeClock",
+    "WorkerCrashed",
+    "default_profile",
     "format_trace",
     "hierarchy_machine",
     "interleaving_machine",
     "mutant",
     "queue_machine",
+    "register_profiles",
 ]
 
 for _name in __all__:

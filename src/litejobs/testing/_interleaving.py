@@ -20,7 +20,7 @@ from typing import Any
 
 import apsw
 import attrs
-from hypothesis import note
+from hypothesis import note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -38,12 +38,13 @@ VISIBILITY = 10.0
 #: How long a job's handler works, in virtual seconds: none, less than a
 #: lease, more than a lease (so only heartbeats keep it).
 WORK = [0.0, 0.0, 4.0, 12.0]
+#: Jobs one example may hold: enough for every race between a few workers,
+#: few enough that the final drain stays short.
+MAX_CHILDREN = 6
+#: Rules an example may run (Hypothesis's default is 50).
+STEPS = 20
 #: Decisions the final drain may take per job before work counts as lost.
 DRAIN_DECISIONS_PER_JOB = 150
-
-#: The last machine built, so that ``litejobs selfcheck`` can read the size of
-#: the example Hypothesis shrank to (the final replay is the last one built).
-last_run: list[Any] = [None]
 
 
 class InvariantError(AssertionError):
@@ -85,7 +86,6 @@ def interleaving_machine(
     class InterleavingMachine(RuleBasedStateMachine):
         def __init__(self) -> None:
             super().__init__()
-            last_run[0] = self
             self.clean = True
             self.steps = 0
             self.directory = tempfile.mkdtemp(prefix="litejobs-interleaving-")
@@ -94,6 +94,7 @@ def interleaving_machine(
                 Path(self.directory) / "jobs.db", clock=self.scheduler.clock, busy_timeout=0, seed=0
             )
             self.scheduler.watch(self.db)
+            self.scheduler.on_step = self.verify
             self.store = JobStore(self.db)
             self.queue = Queue(self.db, "jobs", max_receive=max_receive)
             self.loop = LoopThread()
@@ -147,6 +148,7 @@ def interleaving_machine(
                 self.scheduler.log("harness", what, "database locked: nothing added")
                 return None
 
+        @precondition(lambda self: len(self.children) < MAX_CHILDREN)
         @rule(children=st.integers(1, 3), work=st.sampled_from(WORK))
         @checked
         def add_parent(self, children: int, work: float) -> None:
@@ -208,27 +210,24 @@ def interleaving_machine(
 
         # -- the intruder --------------------------------------------------------------
 
-        @precondition(lambda self: self.intruder is None)
-        @rule()
+        @rule(hold=st.booleans())
         @checked
-        def hold_lock(self) -> None:
+        def intruder(self, hold: bool) -> None:
+            """Take the write lock from another connection and keep it across
+            rules (``hold``), or give it back."""
             self.steps += 1
-            conn = apsw.Connection(self.db.path)  # busy timeout 0: never waits
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except apsw.BusyError:
-                conn.close()
-                self.scheduler.log("intruder", "BEGIN IMMEDIATE", "busy: a task holds the lock")
-                return
-            self.intruder = conn
-            self.scheduler.log("intruder", "BEGIN IMMEDIATE", "holds the write lock")
-
-        @precondition(lambda self: self.intruder is not None)
-        @rule()
-        @checked
-        def release_lock(self) -> None:
-            self.steps += 1
-            self.release_intruder()
+            if not hold:
+                self.release_intruder()
+            elif self.intruder is None:
+                conn = apsw.Connection(self.db.path)  # busy timeout 0: never waits
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                except apsw.BusyError:
+                    conn.close()
+                    self.scheduler.log("intruder", "BEGIN IMMEDIATE", "busy: a task holds it")
+                    return
+                self.intruder = conn
+                self.scheduler.log("intruder", "BEGIN IMMEDIATE", "holds the write lock")
 
         def release_intruder(self) -> None:
             if self.intruder is not None:
@@ -249,24 +248,29 @@ def interleaving_machine(
         @checked
         def run(self, data: st.DataObject, n: int) -> None:
             self.steps += 1
-            picker: Chooser = HypothesisChooser(data) if chooser == "hypothesis" else PCTChooser(data)
+            picker: Chooser = (
+                HypothesisChooser(data) if chooser == "hypothesis" else PCTChooser(data)
+            )
             self.decide(n, picker)
 
-        def decide(self, n: int, picker: Chooser) -> int:
-            made = 0
-            while made < n:
-                options = self.loop.call(self.scheduler.next_options)
+        def decide(self, n: int, picker: Chooser) -> None:
+            options = self.loop.call(self.scheduler.next_options)
+            for _ in range(n):
                 if not options:
                     break
-                self.loop.call(self.scheduler.step, picker.choose(options))
-                made += 1
-            return made
+                options = self.loop.call(self.scheduler.step_and_options, picker.choose(options))
 
         # -- invariants ------------------------------------------------------------------
 
         @invariant()
         @checked
-        def the_schedule_and_the_file_agree_with_the_design(self) -> None:
+        def invariants_1_to_8(self) -> None:
+            self.verify()
+
+        def verify(self, _: Step | None = None) -> None:
+            """Check the trace so far and the file (after every rule, and after
+            every decision: a state no decision boundary may show is caught at
+            the decision that shows it)."""
             trace = self.scheduler.trace
             for step in trace[self.checked_steps :]:
                 if step.call is not None and step.error is None:
@@ -330,9 +334,7 @@ def interleaving_machine(
                 if step.call == "complete":
                     self.completions[job] += 1
                     if self.completions[job] > 1:
-                        self.fail(
-                            7, "exactly-once effect", f"job {job} was completed twice"
-                        )
+                        self.fail(7, "exactly-once effect", f"job {job} was completed twice")
             elif step.call == "nack":
                 (receipt,) = step.args
                 self.holder(step, receipt)
@@ -415,20 +417,19 @@ def interleaving_machine(
                 self.new_worker()
             fair = FairChooser()
             budget = DRAIN_DECISIONS_PER_JOB * (len(self.children) + 1)
-            spent = 0
-            while not self.all_done():
-                if spent >= budget:
-                    self.fail(
-                        1,
-                        "conservation",
-                        f"jobs still unfinished after {spent} fair decisions: work was lost",
-                    )
-                spent += self.decide(10, fair)
+            run = self.scheduler.run_decisions
+            spent = self.loop.call(functools.partial(run, budget, fair, until=self.all_done))
+            if not self.all_done():
+                self.fail(
+                    1,
+                    "conservation",
+                    f"jobs still unfinished after {spent} fair decisions: work was lost",
+                )
             for pool in self.workers.values():
                 self.loop.call_sync(pool.stop)
-            if self.decide(budget, fair) >= budget:
+            if self.loop.call(run, budget, fair) >= budget:
                 self.fail(7, "quiescence", "the workers did not stop after stop()")
-            self.the_schedule_and_the_file_agree_with_the_design()
+            self.verify()
             for job in self.children:
                 if self.completions[job] and not self.handled[job]:
                     self.fail(7, "exactly-once effect", f"job {job} completed but never handled")
@@ -452,4 +453,5 @@ def interleaving_machine(
                 shutil.rmtree(self.directory, ignore_errors=True)
 
     InterleavingMachine.__name__ = InterleavingMachine.__qualname__ = "InterleavingMachine"
-    return InterleavingMachine
+    # Races need few steps; short examples run faster and shrink further.
+    return settings(stateful_step_count=STEPS)(InterleavingMachine)

@@ -8,6 +8,7 @@ finish, so only one side ever runs at a time.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -66,8 +67,6 @@ class LoopThread:
     def close(self) -> None:
         """Cancel every task still running and end the loop."""
         if self._thread.is_alive() and self._stop is not None:
-            try:
+            with contextlib.suppress(trio.RunFinishedError):
                 self.call_sync(self._stop.set)
-            except trio.RunFinishedError:
-                pass
         self._thread.join()

@@ -82,7 +82,9 @@ def _complete_in_two_transactions(
 
     def save(conn: apsw.Connection) -> None:
         now = self.db.clock.now_ms()
-        job = self._worker_job(conn, job_id, message_id, fence, "complete", (_jobs.JobStatus.RUNNING,))
+        job = self._worker_job(
+            conn, job_id, message_id, fence, "complete", (_jobs.JobStatus.RUNNING,)
+        )
         _queue.check_receipt(conn, message_id, fence, now)
         _hierarchy.finish(conn, job.id, "completed", now, result=encoded)
 
@@ -147,14 +149,16 @@ def _start_counting_first(self: _jobs.JobStore, job_id: str, receipt: str) -> _j
     def transaction(conn: apsw.Connection) -> _jobs.Job:
         now = self.db.clock.now_ms()
         job = self._worker_job(
-            conn, job_id, message_id, fence, "start", (_jobs.JobStatus.PENDING, _jobs.JobStatus.RUNNING)
+            conn,
+            job_id,
+            message_id,
+            fence,
+            "start",
+            (_jobs.JobStatus.PENDING, _jobs.JobStatus.RUNNING),
         )
         _queue.check_receipt(conn, message_id, fence, now)
-        (row,) = rows(
-            conn,
-            f"UPDATE jobs SET status = 'running', started_at = ? WHERE id = ? RETURNING {_jobs._COLUMNS}",
-            (now, job.id),
-        )
+        set_running = "UPDATE jobs SET status = 'running', started_at = ? WHERE id = ?"
+        (row,) = rows(conn, f"{set_running} RETURNING {_jobs._COLUMNS}", (now, job.id))
         return _jobs._job(row)
 
     return self.db.write(transaction)
@@ -177,6 +181,12 @@ def _cancel_children_keeping_messages(
     return len(cancelled)
 
 
+def _as(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a replacement the name of what it replaces, so traces read the same."""
+    fn.__name__ = fn.__qualname__ = name
+    return fn
+
+
 MUTANTS: dict[str, Mutant] = {
     m.name: m
     for m in [
@@ -184,7 +194,7 @@ MUTANTS: dict[str, Mutant] = {
             "double_receive",
             "receive as a SELECT, then an UPDATE by id, in two statements",
             "interleaving",
-            lambda: [(Queue, "receive", _receive_select_then_update)],
+            lambda: [(Queue, "receive", _as("receive", _receive_select_then_update))],
         ),
         Mutant(
             "delete_ignores_receipt",
@@ -200,13 +210,13 @@ MUTANTS: dict[str, Mutant] = {
             "save_and_delete_apart",
             "complete saves the result, then deletes the message in a second transaction",
             "interleaving",
-            lambda: [(_jobs.JobStore, "complete", _complete_in_two_transactions)],
+            lambda: [(_jobs.JobStore, "complete", _as("complete", _complete_in_two_transactions))],
         ),
         Mutant(
             "busy_retry_statement",
             "deferred transactions, retrying only the statement that met SQLITE_BUSY",
             "interleaving",
-            lambda: [(Database, "write", _write_deferred)],
+            lambda: [(Database, "write", _as("write", _write_deferred))],
         ),
         Mutant(
             "visibility_off_by_one",
@@ -247,7 +257,7 @@ MUTANTS: dict[str, Mutant] = {
             "retry_repeats_effect",
             "start counts the attempt before its transaction, so a busy retry counts it twice",
             "interleaving",
-            lambda: [(_jobs.JobStore, "start", _start_counting_first)],
+            lambda: [(_jobs.JobStore, "start", _as("start", _start_counting_first))],
         ),
     ]
 }

@@ -95,8 +95,9 @@ def format_trace(steps: Sequence[Step], *, last: int | None = None) -> str:
         lines.append(f"{'...':>8}  ({len(steps) - len(shown)} earlier steps)")
     for step in shown:
         decision = "" if step.decision is None else str(step.decision)
+        operation = step.operation if len(step.operation) <= 44 else step.operation[:41] + "..."
         lines.append(
-            f"{decision:>8}  {step.at_ms:>7}  {step.task:<14} {step.operation:<44} {step.outcome}"
+            f"{decision:>8}  {step.at_ms:>7}  {step.task:<14} {operation:<44} {step.outcome}"
         )
     return "\n".join(lines)
 
@@ -337,6 +338,10 @@ class Scheduler:
         self.unexplained_busy: list[Step] = []
         #: Exceptions that ended a spawned task, by task name.
         self.errors: dict[str, BaseException] = {}
+        #: Called with each decision's step once it settled (on the loop's
+        #: thread): the place for invariants that must hold between any two
+        #: decisions, so a violation is caught where it happens.
+        self.on_step: Callable[[Step], None] | None = None
         self._databases: list[Database] = []
         self._parked: dict[str, _Park] = {}
         self._labels: dict[trio.lowlevel.Task, str] = {}
@@ -560,7 +565,11 @@ class Scheduler:
     def blocked(self) -> list[str]:
         """Tasks that have used the runtime, are not finished and are not parked."""
         return sorted(
-            (label for label, task in self._live.items() if label not in self._parked and _alive(task)),
+            (
+                label
+                for label, task in self._live.items()
+                if label not in self._parked and _alive(task)
+            ),
             key=_natural,
         )
 
@@ -601,6 +610,8 @@ class Scheduler:
         step = self._record()
         if self._deadlock:
             raise DeadlockError(f"deadlock: {self._deadlock}", self.trace)
+        if self.on_step is not None:
+            self.on_step(step)
         return step
 
     def _record(self) -> Step:
@@ -622,11 +633,22 @@ class Scheduler:
         self.trace.append(step)
         return step
 
-    async def run_decisions(self, n: int, chooser: Chooser) -> int:
+    async def step_and_options(self, index: int) -> list[Option]:
+        """:meth:`step`, then :meth:`next_options`: one call per decision for
+        a driver on another thread."""
+        await self.step(index)
+        return await self.next_options()
+
+    async def run_decisions(
+        self, n: int, chooser: Chooser, *, until: Callable[[], bool] | None = None
+    ) -> int:
         """Make up to ``n`` decisions with ``chooser``; return how many were
-        made (fewer once every task has ended)."""
+        made (fewer once every task has ended, or once ``until()`` holds; it
+        is asked every ten decisions)."""
         made = 0
         while made < n:
+            if until is not None and made % 10 == 0 and until():
+                break
             options = await self.next_options()
             if not options:
                 break
