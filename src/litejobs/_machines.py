@@ -340,9 +340,9 @@ def hierarchy_machine(*, max_receive: int = 3) -> type[RuleBasedStateMachine]:
                 assert got == expected, f"parent {parent.id}: {got}, model says {expected}"
             for child in self.model.children.values():
                 job = self.store.get(child.id)
-                got = (job.status, job.attempts)
-                expected = (child.status, child.attempts)
-                assert got == expected, f"child {child.id}: {got}, model says {expected}"
+                found = (job.status, job.attempts)
+                modelled = (child.status, child.attempts)
+                assert found == modelled, f"child {child.id}: {found}, model says {modelled}"
 
         @invariant()
         def child_stats_equal_a_fresh_group_by_and_the_model(self) -> None:

@@ -102,7 +102,7 @@ def interleaving_machine(
             self.started = 0
             self.children: dict[str, str] = {}  # child id -> parent id
             self.plain: list[str] = []
-            self.intruder: apsw.Connection | None = None
+            self.lock_holder: apsw.Connection | None = None
             self.checked_steps = 0
             self.leases: dict[str, _Lease] = {}
             self.starts: Counter[str] = Counter()
@@ -218,7 +218,7 @@ def interleaving_machine(
             self.steps += 1
             if not hold:
                 self.release_intruder()
-            elif self.intruder is None:
+            elif self.lock_holder is None:
                 conn = apsw.Connection(self.db.path)  # busy timeout 0: never waits
                 try:
                     conn.execute("BEGIN IMMEDIATE")
@@ -226,14 +226,14 @@ def interleaving_machine(
                     conn.close()
                     self.scheduler.log("intruder", "BEGIN IMMEDIATE", "busy: a task holds it")
                     return
-                self.intruder = conn
+                self.lock_holder = conn
                 self.scheduler.log("intruder", "BEGIN IMMEDIATE", "holds the write lock")
 
         def release_intruder(self) -> None:
-            if self.intruder is not None:
-                self.intruder.execute("ROLLBACK")
-                self.intruder.close()
-                self.intruder = None
+            if self.lock_holder is not None:
+                self.lock_holder.execute("ROLLBACK")
+                self.lock_holder.close()
+                self.lock_holder = None
                 self.scheduler.log("intruder", "ROLLBACK", "released the write lock")
 
         # -- time and scheduling -----------------------------------------------------------

@@ -421,7 +421,8 @@ class Scheduler:
         label = self._labels.get(task)
         if label is not None:
             return label
-        root, ancestor = None, task
+        root: str | None = None
+        ancestor: trio.lowlevel.Task | None = task
         while ancestor is not None and root is None:
             root = self._roots.get(ancestor)
             nursery = ancestor.parent_nursery
