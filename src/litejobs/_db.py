@@ -27,6 +27,7 @@ from litejobs._errors import (
     SchemaError,
     StorageError,
 )
+from litejobs._payload import MAX_PAYLOAD_BYTES
 from litejobs._retry import RetryCounter, RetryMetrics, RetryPolicy
 
 T = TypeVar("T")
@@ -130,8 +131,11 @@ class Database:
         synchronous: Synchronous,
         rng: random.Random,
         vfs: str | None,
+        max_payload_bytes: int = MAX_PAYLOAD_BYTES,
     ) -> None:
         self.path = path
+        #: The largest payload, body or result accepted, in bytes of JSON.
+        self.max_payload_bytes = max_payload_bytes
         self.clock = clock
         self.retry = retry
         self.busy_timeout_ms = round(busy_timeout * 1000)
@@ -155,6 +159,7 @@ class Database:
         synchronous: Synchronous = "NORMAL",
         seed: int | None = None,
         vfs: str | None = None,
+        max_payload_bytes: int = MAX_PAYLOAD_BYTES,
     ) -> Database:
         """Open (creating if needed) the litejobs database at ``path``.
 
@@ -166,6 +171,9 @@ class Database:
             synchronous: the ``PRAGMA synchronous`` level of every connection.
             seed: seeds the retry jitter, for reproducible runs.
             vfs: name of a registered SQLite VFS to open the file through.
+            max_payload_bytes: the largest payload, message body or result
+                accepted, in bytes of JSON (1 MiB by default); larger ones
+                raise InvalidPayloadError and write nothing.
 
         Raises:
             SchemaError: the file is not a litejobs database, or is newer.
@@ -184,6 +192,12 @@ class Database:
             raise ConfigError(
                 f"busy_timeout must be between 0 and 86400 seconds, got {busy_timeout!r}"
             )
+        if (
+            isinstance(max_payload_bytes, bool)
+            or not isinstance(max_payload_bytes, int)
+            or max_payload_bytes < 64
+        ):
+            raise ConfigError(f"max_payload_bytes must be an int >= 64, got {max_payload_bytes!r}")
         directory = os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(directory):
             raise StorageError(
@@ -199,6 +213,7 @@ class Database:
             synchronous=synchronous,
             rng=random.Random(seed),
             vfs=vfs,
+            max_payload_bytes=max_payload_bytes,
         )
         try:
             db._prepare_file()
@@ -242,8 +257,17 @@ class Database:
         try:
             rows(conn, f"PRAGMA synchronous={self.synchronous}")
             rows(conn, "PRAGMA foreign_keys=ON")
+            ((version,),) = rows(conn, "PRAGMA user_version")
         except apsw.Error as exc:
             raise translate(exc, self.path) from exc
+        if version > SCHEMA_VERSION:
+            # A newer litejobs upgraded the file while this one had it open.
+            self._forget(conn)
+            raise SchemaError(
+                f"{self.path} now has litejobs schema version {version}, newer than this "
+                f"litejobs understands ({SCHEMA_VERSION}): another, newer litejobs upgraded "
+                "it; upgrade this one too"
+            )
         return conn
 
     def close(self) -> None:

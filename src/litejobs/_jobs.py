@@ -159,10 +159,12 @@ def _kind(kind: object) -> str:
 
 def _error_text(error: object) -> str:
     if isinstance(error, BaseException):
-        return f"{type(error).__name__}: {error}"
-    if not isinstance(error, str):
+        error = f"{type(error).__name__}: {error}"
+    elif not isinstance(error, str):
         raise ConfigError(f"error must be a str or an exception, got {error!r}")
-    return error
+    # An error message is kept whatever it holds: text that is not valid
+    # Unicode (a lone surrogate) is stored escaped rather than refused.
+    return error.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class JobStore:
@@ -183,7 +185,7 @@ class JobStore:
     ) -> str:
         """Create a pending parent job and return its id."""
         _kind(kind)
-        encoded = dumps(payload, "job payload")
+        encoded = dumps(payload, "job payload", self.db.max_payload_bytes)
         tolerance = tolerance or Tolerance()
         if not isinstance(tolerance, Tolerance):
             raise ConfigError(f"tolerance must be a litejobs.Tolerance, got {tolerance!r}")
@@ -228,7 +230,8 @@ class JobStore:
             InvalidTransitionError: the parent is terminal, or is itself a child.
         """
         _kind(kind)
-        encoded = [dumps(p, f"payload #{i}") for i, p in enumerate(payloads)]
+        limit = self.db.max_payload_bytes
+        encoded = [dumps(p, f"payload #{i}", limit) for i, p in enumerate(payloads)]
         _queue.check_int(priority, "priority", -_queue.INT64)
         wanted_keys: list[str | None] = [None] * len(encoded)
         if keys is not None:
@@ -319,7 +322,7 @@ class JobStore:
             NotFoundError, InvalidTransitionError, StaleReceiptError.
         """
         message_id, fence = parse_receipt(receipt)
-        encoded = dumps(result, "job result")
+        encoded = dumps(result, "job result", self.db.max_payload_bytes)
 
         def transaction(conn: apsw.Connection) -> Job:
             now = self.db.clock.now_ms()

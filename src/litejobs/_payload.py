@@ -11,17 +11,37 @@ from litejobs._errors import InvalidPayloadError
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
-def dumps(value: Any, what: str) -> str:
-    """Encode ``value`` as compact JSON.
+#: The default limit on one encoded payload, body or result, in bytes of
+#: UTF-8 JSON (``Database.open(max_payload_bytes=...)`` changes it).
+MAX_PAYLOAD_BYTES = 1 << 20
+
+
+def dumps(value: Any, what: str, limit: int = MAX_PAYLOAD_BYTES) -> str:
+    """Encode ``value`` as compact JSON of at most ``limit`` bytes.
 
     Raises:
         InvalidPayloadError: ``value`` holds something JSON cannot carry (a set,
-            bytes, NaN, an object, a circular reference); ``what`` names it.
+            bytes, NaN, an object, a circular reference, nesting deeper than
+            Python's recursion limit), text that is not valid Unicode (a lone
+            surrogate), or encodes to more than ``limit`` bytes; ``what``
+            names it. Nothing is written.
     """
     try:
-        return _encoder.encode(value)
+        text = _encoder.encode(value)
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidPayloadError(f"{what} is not JSON-serialisable: {exc}") from None
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidPayloadError(
+            f"{what} is not valid UTF-8 text: {exc.reason} at character {exc.start}"
+        ) from None
+    if size > limit:
+        raise InvalidPayloadError(
+            f"{what} is {size} bytes of JSON, more than the limit of {limit} "
+            "(Database.open(max_payload_bytes=...) sets it)"
+        )
+    return text
 
 
 def loads(text: str | None, what: str) -> Any:
@@ -30,5 +50,5 @@ def loads(text: str | None, what: str) -> Any:
         return None
     try:
         return json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise InvalidPayloadError(f"{what} holds invalid JSON: {exc}") from None

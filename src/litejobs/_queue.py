@@ -109,7 +109,7 @@ class Queue:
             InvalidPayloadError: ``body`` is not JSON-serialisable.
             ConfigError: ``delay`` is negative or not finite, ``priority`` not an int.
         """
-        encoded = dumps(body, "message body")
+        encoded = dumps(body, "message body", self.db.max_payload_bytes)
         delay_ms = to_ms(delay, "delay")
         check_int(priority, "priority", -INT64)
         return self.db.autocommit(
@@ -126,7 +126,8 @@ class Queue:
 
     def send_batch(self, bodies: Iterable[Any], *, priority: int = 0) -> list[str]:
         """Enqueue every body in one transaction; all or nothing."""
-        encoded = [dumps(body, f"message body #{i}") for i, body in enumerate(bodies)]
+        limit = self.db.max_payload_bytes
+        encoded = [dumps(body, f"message body #{i}", limit) for i, body in enumerate(bodies)]
         check_int(priority, "priority", -INT64)
 
         def transaction(conn: apsw.Connection) -> list[str]:

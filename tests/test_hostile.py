@@ -1,0 +1,224 @@
+"""Hostile and broken input: each gets a typed error that names the problem,
+and nothing already in the database changes."""
+
+from __future__ import annotations
+
+import threading
+
+import apsw
+import pytest
+from tests.dbhelpers import file_snapshot, snapshot
+
+import litejobs
+from litejobs._db import SCHEMA_VERSION
+
+
+@pytest.fixture
+def small(tmp_path, clock):
+    with litejobs.Database.open(tmp_path / "small.db", clock=clock, max_payload_bytes=1024) as db:
+        yield db
+
+
+def seeded(db):
+    """A database with something in it to lose: a parent, a running child and a message."""
+    queue, store = litejobs.Queue(db, "work"), litejobs.JobStore(db)
+    queue.send({"keep": "me"})
+    parent = store.create_parent("p")
+    (child,) = store.spawn_children(parent, "k", [{"n": 1}], queue=queue)
+    return queue, store, child
+
+
+# -- payloads -------------------------------------------------------------------
+
+
+def test_a_payload_over_the_limit_is_refused_by_every_writer(small):
+    queue, store, _ = seeded(small)
+    before = snapshot(small)
+    huge = "x" * 2000
+    for call in (
+        lambda: queue.send(huge),
+        lambda: queue.send_batch(["ok", huge]),
+        lambda: store.create_parent("p", huge),
+        lambda: store.spawn_children(store.create_parent("q"), "k", ["ok", huge], queue=queue),
+    ):
+        with pytest.raises(
+            litejobs.InvalidPayloadError, match=r"2002 bytes of JSON, more than the limit of 1024"
+        ):
+            call()
+    # the parent made by the last call exists; nothing else was written
+    after = snapshot(small)
+    assert after["messages"] == before["messages"]
+    assert len(after["jobs"]) == len(before["jobs"]) + 1
+
+
+def test_a_result_over_the_limit_leaves_the_job_running_and_leased(small):
+    queue, store, child = seeded(small)
+    queue.receive(visibility_timeout=30)  # the plain message
+    message = queue.receive(visibility_timeout=30)
+    store.start(child, message.receipt)
+    before = snapshot(small)
+    with pytest.raises(litejobs.InvalidPayloadError, match="job result is 2002 bytes"):
+        store.complete(child, message.receipt, "x" * 2000)
+    assert snapshot(small) == before
+    assert store.complete(child, message.receipt, "ok").status is litejobs.JobStatus.COMPLETED
+
+
+def test_the_default_limit_is_one_mebibyte(db, queue):
+    queue.send("x" * (1024 * 1024 - 2))  # 1 MiB of JSON with its quotes
+    with pytest.raises(litejobs.InvalidPayloadError, match="1048577 bytes"):
+        queue.send("x" * (1024 * 1024 - 1))
+
+
+@pytest.mark.parametrize("limit", [0, 63, -1, 1.5, True, None])
+def test_a_bad_limit_is_a_config_error(tmp_path, limit):
+    with pytest.raises(litejobs.ConfigError, match="max_payload_bytes"):
+        litejobs.Database.open(tmp_path / "x.db", max_payload_bytes=limit)
+
+
+def nested(depth):
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_deeply_nested_payloads_are_refused_and_moderate_ones_round_trip(db, queue):
+    before = snapshot(db)
+    with pytest.raises(litejobs.InvalidPayloadError, match="not JSON-serialisable"):
+        queue.send(nested(100_000))
+    assert snapshot(db) == before
+    queue.send(nested(200))
+    assert queue.receive(visibility_timeout=1).body == nested(200)
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        ("lone \ud800 surrogate", "not valid UTF-8 text: surrogates not allowed at character 6"),
+        (b"\xff\xfe", "not JSON-serialisable"),
+        ({1, 2}, "not JSON-serialisable"),
+        (float("nan"), "not JSON-serialisable"),
+        (object(), "not JSON-serialisable"),
+        ({"key": {"nested": [1, {2, 3}]}}, "not JSON-serialisable"),
+    ],
+)
+def test_bodies_that_are_not_json_or_not_unicode_are_refused(db, queue, body, why):
+    queue.send("keep")
+    before = snapshot(db)
+    with pytest.raises(litejobs.InvalidPayloadError, match=why):
+        queue.send(body)
+    assert snapshot(db) == before
+
+
+def test_an_error_message_that_is_not_unicode_is_kept_escaped(db):
+    queue, store, child = seeded(db)
+    queue.receive(visibility_timeout=30)
+    message = queue.receive(visibility_timeout=30)
+    store.start(child, message.receipt)
+    store.fail(child, message.receipt, "bad \ud800 byte", retry=False)
+    assert store.get(child).error == "bad \\ud800 byte"
+
+
+def test_invalid_json_written_from_outside_is_a_payload_error_on_read(db, queue):
+    queue.send("fine")
+    db.connection().execute("UPDATE messages SET body = '{\"open\": ['")
+    with pytest.raises(litejobs.InvalidPayloadError, match="holds invalid JSON"):
+        queue.receive(visibility_timeout=1)
+
+
+# -- SQL metacharacters -----------------------------------------------------------
+
+HOSTILE = [
+    "x'; DROP TABLE messages; --",
+    '"; DELETE FROM jobs; --',
+    "1 OR 1=1",
+    "%",
+    "_",
+    "\\",
+    "' OR ''='",
+]
+
+
+def test_hostile_names_and_ids_are_only_ever_bound_never_spliced_into_sql(db):
+    """Every statement litejobs runs is recorded: the hostile strings show up
+    in bindings only, never in SQL text, and they change nothing they name."""
+    queue, store, child = seeded(db)
+    statements: list[str] = []
+    conn = db.connection()
+    conn.exec_trace = lambda cursor, sql, bindings: statements.append(sql) or True
+    for text in HOSTILE:
+        hostile = litejobs.Queue(db, text)
+        message_id = hostile.send({"from": text})
+        assert hostile.stats().visible == 1
+        got = hostile.receive(visibility_timeout=5)
+        assert (got.id, got.body) == (message_id, {"from": text})
+        hostile.delete(got.receipt)
+        assert hostile.stats().total == 0
+        for call, arg in (
+            (store.get, text),
+            (store.cancel, text),
+            (store.children, text),
+            (litejobs.Queue(db, "work").redrive, [text]),
+        ):
+            with pytest.raises(litejobs.NotFoundError):
+                call(arg)
+        with pytest.raises(litejobs.ConfigError, match="is not a litejobs receipt"):
+            queue.delete(f"1:1 {text}")
+    conn.exec_trace = None
+    assert statements
+    for text in HOSTILE:
+        assert not [sql for sql in statements if text in sql and text not in ("%", "_", "\\")]
+    # the other queue and the jobs are untouched
+    assert queue.stats().visible == 2
+    assert store.get(child).status is litejobs.JobStatus.PENDING
+
+
+# -- files ------------------------------------------------------------------------
+
+
+def data_files(path):
+    """The database and its WAL (the -shm index changes on every read)."""
+    return {k: v for k, v in file_snapshot(path).items() if not k.endswith("-shm")}
+
+
+def test_a_truncated_file_is_a_storage_error_and_is_left_alone(tmp_path, clock):
+    path = tmp_path / "t.db"
+    with litejobs.Database.open(path, clock=clock) as db:
+        queue = litejobs.Queue(db, "work")
+        queue.send_batch(["x" * 500] * 200)
+    size = path.stat().st_size
+    assert size > 8192
+    with path.open("r+b") as f:
+        f.truncate(size // 2)
+    before = file_snapshot(path)
+    with (
+        pytest.raises(litejobs.StorageError, match=r"cannot use database .*(malformed|corrupt)"),
+        litejobs.Database.open(path, clock=clock) as db,
+    ):
+        litejobs.Queue(db, "work").stats()
+    assert file_snapshot(path) == before
+
+
+def test_an_older_litejobs_stops_using_a_file_a_newer_one_upgraded(db_path, clock):
+    with litejobs.Database.open(db_path, clock=clock) as old:
+        queue = litejobs.Queue(old, "work")
+        queue.send("before the upgrade")
+        upgrader = apsw.Connection(str(db_path))
+        upgrader.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
+        upgrader.close()
+        before = data_files(db_path)
+        errors = []
+
+        def another_thread():
+            try:
+                queue.send("after the upgrade")
+            except litejobs.SchemaError as exc:
+                errors.append(exc)
+
+        worker = threading.Thread(target=another_thread)
+        worker.start()
+        worker.join()
+        assert "newer litejobs upgraded it" in str(errors[0])
+        assert data_files(db_path) == before
+    with pytest.raises(litejobs.SchemaError, match=f"schema version {SCHEMA_VERSION + 1}, newer"):
+        litejobs.Database.open(db_path, clock=clock)
