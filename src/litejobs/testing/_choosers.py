@@ -35,13 +35,17 @@ class PCTChooser(Chooser):
     ``depth - 1`` change points the running task drops below all others. A bug
     of depth ``d`` is found with probability at least 1/(n·k^(d-1)) per run.
     Priorities and change points are drawn from ``data``, so runs replay and
-    shrink like any other draw."""
+    shrink like any other draw. One chooser serves a whole run (a state
+    machine example): set ``data`` afresh for each rule that decides, and
+    priorities and change points carry over."""
 
     def __init__(self, data: st.DataObject, *, depth: int = 3, horizon: int = 64) -> None:
         self.data = data
         self.changes = set(
             data.draw(
-                st.lists(st.integers(1, horizon), min_size=depth - 1, max_size=depth - 1),
+                st.lists(
+                    st.integers(1, horizon), min_size=depth - 1, max_size=depth - 1, unique=True
+                ),
                 label="PCT change points",
             )
         )

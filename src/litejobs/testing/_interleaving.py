@@ -43,8 +43,13 @@ WORK = [0.0, 0.0, 4.0, 12.0]
 MAX_CHILDREN = 6
 #: Rules an example may run (Hypothesis's default is 50).
 STEPS = 20
-#: Decisions the final drain may take per job before work counts as lost.
-DRAIN_DECISIONS_PER_JOB = 150
+#: Decisions a PCT schedule spreads its change points over: about what the
+#: rules of one example make.
+PCT_HORIZON = 40
+#: The workers' longest back-off between empty receives, in seconds.
+POLL_INTERVAL = 1.0
+#: Decisions past which a drain counts as a livelock (time bounds it first).
+LIVELOCK_DECISIONS = 20_000
 
 
 class InvariantError(AssertionError):
@@ -109,6 +114,7 @@ def interleaving_machine(
             self.completions: Counter[str] = Counter()
             self.handled: Counter[str] = Counter()
             self.shown = False
+            self.pct: PCTChooser | None = None
 
         # -- reporting -------------------------------------------------------------
 
@@ -194,6 +200,7 @@ def interleaving_machine(
                 concurrency=1,
                 stagger=0,
                 visibility_timeout=VISIBILITY,
+                poll_interval=POLL_INTERVAL,
                 seed=self.started,
             )
             self.workers[name] = pool
@@ -248,9 +255,14 @@ def interleaving_machine(
         @checked
         def run(self, data: st.DataObject, n: int) -> None:
             self.steps += 1
-            picker: Chooser = (
-                HypothesisChooser(data) if chooser == "hypothesis" else PCTChooser(data)
-            )
+            picker: Chooser
+            if chooser == "hypothesis":
+                picker = HypothesisChooser(data)
+            elif self.pct is None:
+                picker = self.pct = PCTChooser(data, horizon=PCT_HORIZON)
+            else:
+                picker = self.pct
+                self.pct.data = data  # priorities and change points persist
             self.decide(n, picker)
 
         def decide(self, n: int, picker: Chooser) -> None:
@@ -411,23 +423,36 @@ def interleaving_machine(
             return active == 0
 
         def drain(self) -> None:
-            """Finish all work under a fair schedule, then stop the workers."""
+            """Finish all work under a fair schedule, then stop the workers.
+
+            Work counts as lost if it is not finished by the time every job
+            could have used all its receives: each one a lease running out,
+            the longest handler and the longest back-off, plus a sweep."""
             self.release_intruder()
             if not self.workers:
                 self.new_worker()
             fair = FairChooser()
-            budget = DRAIN_DECISIONS_PER_JOB * (len(self.children) + 1)
+            per_receive_ms = round((VISIBILITY + max(WORK) + POLL_INTERVAL) * 1000)
+            deadline = self.scheduler.now_ms() + max_receive * per_receive_ms + 2_000
             run = self.scheduler.run_decisions
-            spent = self.loop.call(functools.partial(run, budget, fair, until=self.all_done))
+
+            def finished_or_late() -> bool:
+                return self.all_done() or self.scheduler.now_ms() > deadline
+
+            spent = self.loop.call(
+                functools.partial(run, LIVELOCK_DECISIONS, fair, until=finished_or_late)
+            )
             if not self.all_done():
+                waited = (self.scheduler.now_ms() - deadline) / 1000
                 self.fail(
                     1,
                     "conservation",
-                    f"jobs still unfinished after {spent} fair decisions: work was lost",
+                    f"jobs unfinished {waited:+.1f} s past the time all their receives could "
+                    f"take ({spent} fair decisions): work was lost",
                 )
             for pool in self.workers.values():
                 self.loop.call_sync(pool.stop)
-            if self.loop.call(run, budget, fair) >= budget:
+            if self.loop.call(run, LIVELOCK_DECISIONS, fair) >= LIVELOCK_DECISIONS:
                 self.fail(7, "quiescence", "the workers did not stop after stop()")
             self.verify()
             for job in self.children:
@@ -444,13 +469,25 @@ def interleaving_machine(
                         self.show_schedule(exc)
                         raise
             finally:
-                self.release_intruder()
-                for name in list(self.scheduler.roots()):
-                    self.loop.call(self.scheduler.crash, name)
-                self.scheduler.close()
-                self.loop.close()
-                self.db.close()
-                shutil.rmtree(self.directory, ignore_errors=True)
+                self.close()
+
+        def close(self) -> None:
+            """Release everything, each step even if one before it failed."""
+            steps: list[Callable[[], object]] = [self.release_intruder]
+            steps += [
+                functools.partial(self.loop.call, self.scheduler.crash, name)
+                for name in self.scheduler.roots()
+            ]
+            steps += [self.scheduler.close, self.loop.close, self.db.close]
+            errors = []
+            for step in steps:
+                try:
+                    step()
+                except Exception as exc:  # the rest must still run
+                    errors.append(exc)
+            shutil.rmtree(self.directory, ignore_errors=True)
+            if errors:
+                raise errors[0]
 
     InterleavingMachine.__name__ = InterleavingMachine.__qualname__ = "InterleavingMachine"
     # Races need few steps; short examples run faster and shrink further.

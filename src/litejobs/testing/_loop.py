@@ -69,4 +69,6 @@ class LoopThread:
         if self._thread.is_alive() and self._stop is not None:
             with contextlib.suppress(trio.RunFinishedError):
                 self.call_sync(self._stop.set)
-        self._thread.join()
+        self._thread.join(60)
+        if self._thread.is_alive():
+            raise RuntimeError("the trio loop did not end within 60 s: a task ignores cancellation")

@@ -278,6 +278,8 @@ class _Executor:
             self.crash()
         self._commands.put(None)
         self._thread.join(WATCHDOG_S)
+        if self._thread.is_alive():
+            raise RuntimeError(f"task {self.label}'s thread did not end within {WATCHDOG_S:g} s")
 
 
 class SchedulerClock(VirtualClock):
@@ -348,9 +350,10 @@ class Scheduler:
         self._roots: dict[trio.lowlevel.Task, str] = {}
         self._scopes: dict[str, trio.CancelScope] = {}
         self._live: dict[str, trio.lowlevel.Task] = {}
+        self._parked_once: set[trio.lowlevel.Task] = set()
         self._crashed: set[str] = set()
         self._executors: dict[str, _Executor] = {}
-        self._probe: apsw.Connection | None = None
+        self._probes: dict[str, apsw.Connection] = {}
         self._current: tuple[int, int, str, str] | None = None
         self._outcome: Step | str | None = None
         self._deadlock: str | None = None
@@ -390,8 +393,15 @@ class Scheduler:
                 raise
             report = executor.resume()
         if report.kind == "blocked":
-            self._deadlock = f"task {label} is {report.text}, held by a task that cannot run"
-            await trio.sleep_forever()  # the driver reports; closing unwinds the thread
+            self._deadlock = (
+                f"task {label} is {report.text}, which another connection holds; under the "
+                "scheduler nothing else runs until this call returns"
+            )
+            try:  # never offered as an option: only a crash ends it
+                await self._park(task, "blocked", f"{name}: waiting for the write lock")
+            finally:
+                executor.crash()
+            raise AssertionError("unreachable: a blocked task is only ever crashed")
         assert report.result is not None
         error = getattr(report.result, "error", None)
         value = getattr(report.result, "value", None)
@@ -407,7 +417,8 @@ class Scheduler:
             result=value,
             error=error,
         )
-        if isinstance(error, BusyAttempt | BusyError) and not self._write_lock_held():
+        db = getattr(fn, "__self__", None)
+        if isinstance(error, BusyAttempt | BusyError) and not self._write_lock_held(db):
             step = attrs.evolve(step, outcome=f"{step.outcome}, but nobody held the write lock")
             self.unexplained_busy.append(step)
         self._outcome = step
@@ -416,31 +427,52 @@ class Scheduler:
     # -- parking ------------------------------------------------------------------
 
     def _label(self, task: trio.lowlevel.Task) -> str:
-        """Name a task the first time it parks: a spawned task (or the first of
-        its descendants to park) by its spawn name, the others after it."""
+        """Name a task the first time it parks, from its ancestry alone (never
+        from the order tasks first run, which trio randomises): a spawned task
+        keeps its spawn name; a descendant is named after its nearest named
+        ancestor plus its own trio name, except that the only child of a
+        spawned task that never parks itself takes the spawn name."""
         label = self._labels.get(task)
         if label is not None:
             return label
-        root: str | None = None
+        nursery = task.parent_nursery
+        parent = nursery.parent_task if nursery is not None else None
+        if task in self._roots:
+            label = self._roots[task]
+        else:
+            parent_label = None if parent is None else self._label_of_ancestor(parent)
+            short = task.name.rsplit(".", 1)[-1].lstrip("_")
+            if parent_label is None:
+                label = short
+            elif (
+                parent in self._roots
+                and parent not in self._parked_once
+                and nursery is not None
+                and len(nursery.child_tasks) == 1
+            ):
+                label = parent_label
+            else:
+                label = f"{parent_label}.{short}"
+        holder = self._live.get(label)
+        if holder is not None and holder is not task and _alive(holder):
+            raise RuntimeError(
+                f"two live tasks would both be called {label!r}: give them distinct trio "
+                "names, so that schedules name the same task every run"
+            )
+        self._labels[task] = label
+        self._live[label] = task
+        return label
+
+    def _label_of_ancestor(self, task: trio.lowlevel.Task) -> str | None:
         ancestor: trio.lowlevel.Task | None = task
-        while ancestor is not None and root is None:
-            root = self._roots.get(ancestor)
+        while ancestor is not None:
+            if ancestor in self._labels:
+                return self._labels[ancestor]
+            if ancestor in self._roots:
+                return self._roots[ancestor]
             nursery = ancestor.parent_nursery
             ancestor = nursery.parent_task if nursery is not None else None
-        short = task.name.rsplit(".", 1)[-1].lstrip("_")
-        if root is None:
-            label = short
-        elif root not in self._live or not _alive(self._live[root]):
-            label = root
-        else:
-            label = f"{root}.{short}"
-        candidate, n = label, 1
-        while candidate in self._live and _alive(self._live[candidate]):
-            n += 1
-            candidate = f"{label}#{n}"
-        self._labels[task] = candidate
-        self._live[candidate] = task
-        return candidate
+        return None
 
     def _crashed_label(self, label: str) -> bool:
         return any(label == c or label.startswith(c + ".") for c in self._crashed)
@@ -457,6 +489,7 @@ class Scheduler:
         label = self._label(task)
         if self._crashed_label(label):
             raise WorkerCrashed(label)
+        self._parked_once.add(task)
         park = _Park(task, label, kind, operation, wake_at, abortable)
         self._parked[label] = park
 
@@ -559,7 +592,11 @@ class Scheduler:
     def options(self) -> list[Option]:
         """The parked tasks that may proceed now, sorted by name."""
         now = self.clock.now_ms()
-        ready = [p for p in self._parked.values() if p.wake_at is None or p.wake_at <= now]
+        ready = [
+            p
+            for p in self._parked.values()
+            if p.kind != "blocked" and (p.wake_at is None or p.wake_at <= now)
+        ]
         ready.sort(key=lambda p: _natural(p.label))
         return [Option(p.label, p.kind, p.operation) for p in ready]
 
@@ -624,7 +661,9 @@ class Scheduler:
         else:
             if found is None:
                 park = self._parked.get(task)
-                if park is not None:
+                if park is not None and park.kind == "blocked":
+                    found = "blocked"
+                elif park is not None:
                     found = f"now at {park.operation}"
                 elif task in self.blocked():
                     found = "blocked"
@@ -659,16 +698,19 @@ class Scheduler:
 
     # -- invariant 8 ----------------------------------------------------------------
 
-    def _write_lock_held(self) -> bool:
-        if not self._databases:
+    def _write_lock_held(self, db: Any) -> bool:
+        if not isinstance(db, Database):
+            db = self._databases[0] if self._databases else None
+        if db is None:
             return True
-        if self._probe is None:
-            self._probe = apsw.Connection(self._databases[0].path)
+        probe = self._probes.get(db.path)
+        if probe is None:
+            probe = self._probes[db.path] = apsw.Connection(db.path)
         try:
-            self._probe.execute("BEGIN IMMEDIATE")
+            probe.execute("BEGIN IMMEDIATE")
         except apsw.BusyError:
             return True
-        self._probe.execute("ROLLBACK")
+        probe.execute("ROLLBACK")
         return False
 
     def close(self) -> None:
@@ -676,9 +718,9 @@ class Scheduler:
         for executor in self._executors.values():
             executor.close()
         self._executors.clear()
-        if self._probe is not None:
-            self._probe.close()
-            self._probe = None
+        for probe in self._probes.values():
+            probe.close()
+        self._probes.clear()
 
 
 def _alive(task: trio.lowlevel.Task) -> bool:

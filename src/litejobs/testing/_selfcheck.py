@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 from hypothesis import Phase, settings
+from hypothesis.database import InMemoryExampleDatabase
 from hypothesis.stateful import RuleBasedStateMachine, run_state_machine_as_test
 
 from litejobs.testing._interleaving import interleaving_machine
@@ -128,8 +129,13 @@ def check_mutant(
         watch = _Watch(_machine(machine_name))
         progress(f"{name}: {machine_name} machine")
         steps = watch.machine.TestCase.settings.stateful_step_count
+        # The shrinking run starts from the failure the search saved, so it
+        # finds it again even under a profile that is not derandomized.
         single = settings(
-            profile, database=None, report_multiple_bugs=False, stateful_step_count=steps
+            profile,
+            database=InMemoryExampleDatabase(),
+            report_multiple_bugs=False,
+            stateful_step_count=steps,
         )
         search = settings(single, phases=[Phase.explicit, Phase.generate])
         with mutant(name):
@@ -193,9 +199,11 @@ def format_results(results: Sequence[MutantResult]) -> str:
     lines = [header, "-" * len(header)]
     for r in results:
         if r.caught:
+            steps = "-" if r.shrunk_steps is None else r.shrunk_steps
+            decisions = "-" if r.shrunk_decisions is None else r.shrunk_decisions
             lines.append(
                 f"{r.mutant:<24} {'yes':<7} {r.machine:<13} {r.examples_to_failure:>8} "
-                f"{r.seconds_to_failure:>9.2f} {r.shrunk_steps:>5} {r.shrunk_decisions:>9}"
+                f"{r.seconds_to_failure:>9.2f} {steps:>5} {decisions:>9}"
             )
         else:
             lines.append(f"{r.mutant:<24} {'ESCAPED':<7}")
