@@ -205,3 +205,29 @@ def test_a_replay_that_no_longer_fits_says_where(db, scheduler):
                 await scheduler.run_decisions(1, ReplayChooser(["w1"]))
 
     trio.run(main)
+
+
+def test_a_worker_releasing_a_job_cancelled_meanwhile_survives(db, scheduler):
+    """Found by the interleaving machine: release() after the job's parent was
+    cancelled killed the worker with InvalidTransitionError."""
+    store = JobStore(db)
+    parent = store.create_parent("p")
+    store.spawn_children(parent, "slow", [{"work": 5}], queue=Queue(db, "jobs"))
+
+    async def slow(job, ctx):
+        await ctx.pool.runtime.sleep(job.payload["work"])
+
+    worker = pool(db, scheduler, {"slow": slow})
+
+    async def main():
+        async with scheduler.tasks() as nursery:
+            await scheduler.spawn(nursery, "w0", worker.run)
+            await scheduler.run_decisions(2, FairChooser())  # receive, start; the handler sleeps
+            store.cancel(parent)
+            worker.release()
+            await scheduler.run_decisions(5, FairChooser())
+            assert not scheduler.errors
+            assert worker.stats.total("lost_leases") == 1
+            assert worker.stats.total("released") == 0
+
+    trio.run(main)

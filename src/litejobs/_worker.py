@@ -301,8 +301,12 @@ class WorkerPool:
         if outcome is _ABANDONED or outcome is _LOST:
             return  # the lease runs out, or another worker has the job
         if outcome is _RELEASED:
-            stats.released += 1
-            await self._finish(self.store.release, job.id, message.receipt)
+            try:
+                await self._finish(self.store.release, job.id, message.receipt)
+            except (StaleReceiptError, InvalidTransitionError):  # cancelled, or re-leased
+                stats.lost_leases += 1
+            else:
+                stats.released += 1
         elif isinstance(outcome, _Failure):
             await self._record_failure(job, message, outcome.error, stats, retry=True)
         else:

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from litejobs._db import BusyAttempt, Database, rows
+from litejobs._errors import InvalidTransitionError
 from litejobs._jobs import Job, JobStore
 from litejobs._payload import loads
 from litejobs._queue import Message, Queue
@@ -140,6 +141,8 @@ def interleaving_machine(
             work = job.payload["work"]
             if work:
                 await context.pool.runtime.sleep(work)
+            if job.attempts <= job.payload["fails"]:
+                raise RuntimeError(f"attempt {job.attempts} of job {job.id} fails, as told")
             self.handled[job.id] += 1
             return {"done": job.id}
 
@@ -155,14 +158,20 @@ def interleaving_machine(
                 return None
 
         @precondition(lambda self: len(self.children) < MAX_CHILDREN)
-        @rule(children=st.integers(1, 3), work=st.sampled_from(WORK))
+        @rule(
+            children=st.integers(1, 3),
+            work=st.sampled_from(WORK),
+            fails=st.sampled_from([0, 0, 1, max_receive]),
+        )
         @checked
-        def add_parent(self, children: int, work: float) -> None:
+        def add_parent(self, children: int, work: float, fails: int) -> None:
+            """Add a parent whose children work ``work`` virtual seconds and
+            fail their first ``fails`` attempts (``max_receive`` fails for good)."""
             self.steps += 1
 
             def create() -> tuple[str, list[str]]:
                 parent = self.store.create_parent("crawl")
-                payloads = [{"work": work}] * children
+                payloads = [{"work": work, "fails": fails}] * children
                 return parent, self.store.spawn_children(parent, "page", payloads, queue=self.queue)
 
             created = self.harness_write("add parent", create)
@@ -205,6 +214,32 @@ def interleaving_machine(
             )
             self.workers[name] = pool
             self.loop.call(self.scheduler.spawn, self.loop.nursery, name, pool.run)
+
+        @precondition(lambda self: self.workers)
+        @rule(data=st.data(), release=st.booleans())
+        @checked
+        def stop_worker(self, data: st.DataObject, release: bool) -> None:
+            """Ask a worker to stop: gracefully (it finishes its job) or with
+            ``release`` (its job goes back, the receive refunded)."""
+            self.steps += 1
+            name = data.draw(st.sampled_from(sorted(self.workers)), label="worker")
+            pool = self.workers.pop(name)
+            self.loop.call_sync(pool.release if release else pool.stop)
+            self.scheduler.log(name, "release()" if release else "stop()", "stopping")
+
+        @precondition(lambda self: self.children)
+        @rule(data=st.data())
+        @checked
+        def cancel_parent(self, data: st.DataObject) -> None:
+            self.steps += 1
+            parent = data.draw(st.sampled_from(sorted(set(self.children.values()))), label="parent")
+            try:
+                cancelled = self.harness_write("cancel", self.store.cancel, parent)
+            except InvalidTransitionError:
+                self.scheduler.log("harness", f"cancel parent {parent}", "already finished")
+                return
+            if cancelled is not None:
+                self.scheduler.log("harness", f"cancel parent {parent}", f"{cancelled} cancelled")
 
         @precondition(lambda self: self.workers)
         @rule(data=st.data())
@@ -425,15 +460,18 @@ def interleaving_machine(
         def drain(self) -> None:
             """Finish all work under a fair schedule, then stop the workers.
 
-            Work counts as lost if it is not finished by the time every job
-            could have used all its receives: each one a lease running out,
-            the longest handler and the longest back-off, plus a sweep."""
+            Work counts as lost if it is not finished by the time every job,
+            one after another, could have used all its receives: each one a
+            lease running out, the longest handler and the longest back-off,
+            plus a sweep."""
             self.release_intruder()
             if not self.workers:
                 self.new_worker()
             fair = FairChooser()
             per_receive_ms = round((VISIBILITY + max(WORK) + POLL_INTERVAL) * 1000)
-            deadline = self.scheduler.now_ms() + max_receive * per_receive_ms + 2_000
+            # Worst case: one worker left, taking the jobs one after another.
+            jobs = len(self.children) + len(self.plain)
+            deadline = self.scheduler.now_ms() + jobs * max_receive * per_receive_ms + 2_000
             run = self.scheduler.run_decisions
 
             def finished_or_late() -> bool:
