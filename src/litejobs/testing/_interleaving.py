@@ -1,8 +1,9 @@
 """The interleaving machine: real ``WorkerPool`` workers on a real file, with
 the order of their steps drawn by Hypothesis through the scheduler.
 
-Rules add work, start and crash workers, let an intruder connection hold the
-write lock, move the clock, and run scheduling decisions. After every rule the
+Rules add work (some of it failing), cancel parents, start, stop, release and
+crash workers, let an intruder connection hold the write lock, move the clock,
+and run scheduling decisions. After every rule the
 trace and the database are checked against invariants 1-8 of the design; at
 the end the pool is drained under a fair schedule and must leave every job
 finished exactly once and no message behind.
