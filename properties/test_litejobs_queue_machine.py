@@ -1,8 +1,6 @@
 """The sequential queue machine against litejobs' Queue on a real file."""
 
-from litejobs import Database, Queue
+from litejobs._machines import litejobs_queue
 from litejobs.testing import queue_machine
 
-TestLitejobsQueue = queue_machine(
-    lambda path, clock: Queue(Database.open(path, clock=clock), "machine")
-).TestCase
+TestLitejobsQueue = queue_machine(litejobs_queue).TestCase

@@ -101,7 +101,7 @@ def test_a_worker_blocked_on_a_lock_held_by_a_parked_task_is_reported_not_hung(t
     assert "receive(visibility_timeout=10.0)" in str(error)
 
 
-def test_a_task_blocked_on_an_event_nobody_can_set_is_a_deadlock(db, scheduler):
+def test_a_task_blocked_on_an_event_nobody_can_set_is_a_deadlock(scheduler):
     never = trio.Event()
 
     async def waiter():
@@ -136,7 +136,7 @@ def test_time_moves_only_when_no_task_can_proceed_and_then_to_the_earliest_wake(
     assert woke == [("b", 500), ("a", 2000)]
 
 
-def test_a_task_parked_in_a_database_call_finishes_it_before_seeing_a_cancel(db, scheduler):
+def test_a_task_parked_in_a_database_call_finishes_it_before_seeing_a_cancel(scheduler):
     """As trio.to_thread.run_sync(abandon_on_cancel=False) does in production."""
     calls = []
 
@@ -159,7 +159,7 @@ def test_a_task_parked_in_a_database_call_finishes_it_before_seeing_a_cancel(db,
     assert calls == ["ran", "after"]
 
 
-def test_a_random_schedule_replays_from_its_seed_and_from_its_trace(db, scheduler, tmp_path):
+def test_a_random_schedule_replays_from_its_seed_and_from_its_trace(tmp_path):
     files = itertools.count()
 
     def one_run(chooser):

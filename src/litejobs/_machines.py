@@ -56,6 +56,15 @@ delays = st.sampled_from([0.0, 0.0, 0.001, 1.0])
 steps = st.sampled_from([0.001, 0.999, 1.0, 1.5, 2.5, 10.0])
 
 
+def litejobs_queue(path: Path, clock: VirtualClock) -> QueueContract:
+    """The ``make_queue`` that runs :func:`queue_machine` against litejobs'
+    own :class:`~litejobs.Queue` on a real file."""
+    from litejobs._db import Database
+    from litejobs._queue import Queue
+
+    return Queue(Database.open(path, clock=clock), "machine")
+
+
 def queue_machine(make_queue: MakeQueue, *, max_receive: int = 3) -> type[RuleBasedStateMachine]:
     """Build a state machine that runs ``make_queue(path, clock)``'s queue
     beside :class:`~litejobs._model.QueueModel` and compares every return

@@ -30,8 +30,8 @@ def dumps(value: Any, what: str, limit: int = MAX_PAYLOAD_BYTES) -> str:
         text = _encoder.encode(value)
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidPayloadError(f"{what} is not JSON-serialisable: {exc}") from None
-    try:
-        size = len(text.encode("utf-8"))
+    try:  # ASCII, the common case, is its own size and cannot hold a surrogate
+        size = len(text) if text.isascii() else len(text.encode("utf-8"))
     except UnicodeEncodeError as exc:
         raise InvalidPayloadError(
             f"{what} is not valid UTF-8 text: {exc.reason} at character {exc.start}"

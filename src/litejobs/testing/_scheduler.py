@@ -527,7 +527,7 @@ class Scheduler:
                         self.errors[name] = exc
 
         nursery.start_soon(body, name=name)
-        self._log(name, "start", "started")
+        self.log(name, "start", "started")
         await self.settle()
 
     async def crash(self, name: str) -> None:
@@ -544,7 +544,7 @@ class Scheduler:
         await self.settle()
         for label in [lb for lb in self._executors if self._crashed_label(lb)]:
             self._executors.pop(label).close()
-        self._log(name, "crash", "crashed")
+        self.log(name, "crash", "crashed")
 
     @contextlib.asynccontextmanager
     async def tasks(self) -> AsyncIterator[trio.Nursery]:
@@ -571,13 +571,10 @@ class Scheduler:
     def advance(self, seconds: float) -> None:
         """Move virtual time forward by ``seconds`` (sleeps that run out become ready)."""
         self.clock.advance(seconds)
-        self._log("clock", f"advance {seconds:g}s", f"t={self._elapsed()}")
+        self.log("clock", f"advance {seconds:g}s", f"t={self._elapsed()}")
 
     def log(self, task: str, operation: str, outcome: str) -> None:
         """Add a harness event to the trace (an intruder taking a lock, say)."""
-        self._log(task, operation, outcome)
-
-    def _log(self, task: str, operation: str, outcome: str) -> None:
         self.trace.append(Step(None, self._elapsed(), task, operation, outcome))
 
     def _elapsed(self) -> int:
@@ -627,7 +624,7 @@ class Scheduler:
             wake_at = min(sleepers)
             self.clock.now = max(self.clock.now, wake_at)
             woken = ", ".join(o.task for o in self.options())
-            self._log("clock", "nothing else can run", f"t={self._elapsed()}: {woken} wake")
+            self.log("clock", "nothing else can run", f"t={self._elapsed()}: {woken} wake")
             return self.options()
         stuck = self.blocked() + sorted(self._parked, key=_natural)
         if stuck:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -25,14 +24,9 @@ MACHINES = ("queue", "hierarchy", "interleaving")
 
 
 def _queue_machine() -> type[RuleBasedStateMachine]:
-    from litejobs._db import Database
-    from litejobs._machines import queue_machine
-    from litejobs._queue import Queue
+    from litejobs._machines import litejobs_queue, queue_machine
 
-    def make(path: Path, clock: Any) -> Queue:
-        return Queue(Database.open(path, clock=clock), "machine")
-
-    return queue_machine(make)
+    return queue_machine(litejobs_queue)
 
 
 def _machine(name: str) -> type[RuleBasedStateMachine]:
