@@ -13,8 +13,8 @@ import litejobs
 
 
 @pytest.fixture
-def clock() -> litejobs.VirtualClock:
-    return litejobs.VirtualClock(now=1_700_000_000_000)
+def clock(litejobs_clock: litejobs.VirtualClock) -> litejobs.VirtualClock:
+    return litejobs_clock
 
 
 @pytest.fixture
@@ -23,9 +23,8 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def db(db_path: Path, clock: litejobs.VirtualClock) -> Iterator[litejobs.Database]:
-    with litejobs.Database.open(db_path, clock=clock, seed=0) as database:
-        yield database
+def db(litejobs_db: litejobs.Database) -> litejobs.Database:
+    return litejobs_db
 
 
 @pytest.fixture

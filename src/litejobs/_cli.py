@@ -6,9 +6,13 @@ import argparse
 import json
 import shlex
 import sys
+import time
 from collections.abc import Sequence
 
 from litejobs._errors import LiteJobsError
+
+#: When the command started: a fuzz budget counts from here, start-up included.
+_STARTED = time.monotonic()
 
 
 def _positive(text: str) -> int:
@@ -104,6 +108,40 @@ def _parser() -> argparse.ArgumentParser:
     )
     selfcheck.add_argument("--json", action="store_true", help="print a JSON list instead")
     selfcheck.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+    fuzz = commands.add_parser(
+        "fuzz",
+        help="fuzz the machines for a time budget, saving failures for pytest",
+        description=(
+            "Feed Hypothesis's fuzz_one_input fresh random bytes for each machine in turn, in "
+            "--jobs processes, until the budget ends or Ctrl-C. Every failure is saved to the "
+            "example database, where the next pytest run pointed at it replays and shrinks "
+            "it. Prints a summary; exit status 1 if anything failed, 0 otherwise."
+        ),
+    )
+    fuzz.add_argument("--budget", default="60s", help="30s, 20m, 8h or seconds (default 60s)")
+    fuzz.add_argument("--jobs", type=_positive, default=1, help="worker processes (default 1)")
+    fuzz.add_argument(
+        "--database",
+        default=None,
+        help="a directory or redis://host:port/db (default: pytest's .hypothesis/examples)",
+    )
+    fuzz.add_argument(
+        "--machines", default=None, help="comma-separated: queue,hierarchy,interleaving (all)"
+    )
+    fuzz.add_argument("--chooser", default="hypothesis", choices=["hypothesis", "pct"])
+    fuzz.add_argument(
+        "--profile",
+        default=None,
+        choices=["dev", "ci", "nightly"],
+        help="Hypothesis profile (default: LITEJOBS_PROFILE, else ci under CI, else dev)",
+    )
+    fuzz.add_argument(
+        "--mutant", default=None, help="fuzz a seeded bug (litejobs.testing.MUTANTS) instead"
+    )
+    fuzz.add_argument("--seed", type=int, default=None, help="for the random inputs")
+    fuzz.add_argument("--report", default=None, help="write summary.md and summary.json here")
+    fuzz.add_argument("--json", action="store_true", help="print the JSON summary instead")
     return parser
 
 
@@ -228,13 +266,57 @@ def _selfcheck(args: argparse.Namespace) -> int:
     return 0 if all(r.caught for r in results) else 1
 
 
+def _fuzz(args: argparse.Namespace) -> int:
+    try:
+        from litejobs.fuzz import (
+            FuzzPlan,
+            LiveDisplay,
+            default_database,
+            parse_budget,
+            run_fuzz,
+            write_report,
+        )
+        from litejobs.testing import default_profile
+        from litejobs.testing._registry import MACHINES
+    except ImportError as exc:  # Hypothesis comes with the test extra
+        print(
+            f"litejobs fuzz needs the test extra ({exc.name} is missing): "
+            "python3 -m pip install 'litejobs[test]'",
+            file=sys.stderr,
+        )
+        return 2
+    import random
+    from pathlib import Path
+
+    plan = FuzzPlan(
+        budget_s=parse_budget(args.budget),
+        database=args.database or default_database(),
+        jobs=args.jobs,
+        machines=tuple(args.machines.split(",")) if args.machines else MACHINES,
+        chooser=args.chooser,
+        profile=args.profile or default_profile(),
+        mutant=args.mutant,
+        seed=random.randrange(2**32) if args.seed is None else args.seed,
+    )
+    display = LiveDisplay()
+    try:
+        summary = run_fuzz(plan, on_progress=display, started=_STARTED)
+    finally:
+        display.close()
+    if args.report:
+        markdown, data = write_report(summary, Path(args.report))
+        print(f"report: {markdown}, {data}", file=sys.stderr)
+    print(json.dumps(summary.to_json(), indent=2) if args.json else summary.to_markdown())
+    return 1 if summary.failed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``litejobs`` command; return its exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     args.argv = argv
     try:
-        commands = {"bench": _bench, "load": _load, "selfcheck": _selfcheck}
+        commands = {"bench": _bench, "load": _load, "selfcheck": _selfcheck, "fuzz": _fuzz}
         return commands[args.command](args)
     except (LiteJobsError, KeyboardInterrupt, BaseExceptionGroup) as exc:
         # trio wraps what crosses a nursery in exception groups: look inside.

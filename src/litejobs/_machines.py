@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from hypothesis import note
+from hypothesis import event, note
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -118,6 +118,8 @@ def queue_machine(make_queue: MakeQueue, *, max_receive: int = 3) -> type[RuleBa
             assert got.receipt not in self.receipts, "a receipt was handed out twice"
             leased = self.model.lease(expected[0], self.now(), to_ms(lease, "lease"), got.receipt)
             assert (got.body, got.receive_count) == (leased.body, leased.received)
+            if got.receive_count > 1:
+                event("a message was received again after its lease ran out")
             self.receipts.append(got.receipt)
 
         @rule(times=st.integers(2, max_receive + 1))
@@ -144,6 +146,7 @@ def queue_machine(make_queue: MakeQueue, *, max_receive: int = 3) -> type[RuleBa
                 call()
             except StaleReceiptError:
                 assert not holds, f"{what} refused a live receipt"
+                event(f"{what} refused a stale receipt")
             else:
                 assert holds, f"{what} accepted a stale receipt"
 
@@ -182,7 +185,10 @@ def queue_machine(make_queue: MakeQueue, *, max_receive: int = 3) -> type[RuleBa
 
         @rule()
         def redrive(self) -> None:
-            assert self.queue.redrive() == self.model.redrive(self.now())
+            redriven = self.model.redrive(self.now())
+            assert self.queue.redrive() == redriven
+            if redriven:
+                event("dead letters were redriven")
 
         @rule(seconds=steps)
         def advance(self, seconds: float) -> None:
@@ -197,6 +203,8 @@ def queue_machine(make_queue: MakeQueue, *, max_receive: int = 3) -> type[RuleBa
             expected = self.model.stats(self.now())
             note(f"t={self.now()} stats={got} model={expected}")
             assert got == expected
+            if got["dead"]:
+                event("a message used up its receives and went to the dead letters")
 
         @invariant()
         def the_dead_letters_are_the_models(self) -> None:
@@ -335,6 +343,7 @@ def hierarchy_machine(*, max_receive: int = 3) -> type[RuleBasedStateMachine]:
             parent = data.draw(st.sampled_from(sorted(self.model.parents)), label="parent")
             expected = self.model.cancel(parent)
             assert outcome(lambda: self.store.cancel(parent)) == expected
+            event(f"cancel: {expected}")
 
         @rule(seconds=steps)
         def advance(self, seconds: float) -> None:
@@ -347,11 +356,17 @@ def hierarchy_machine(*, max_receive: int = 3) -> type[RuleBasedStateMachine]:
                 got = (job.status, job.error, job.warning)
                 expected = (parent.status, parent.error, parent.warning)
                 assert got == expected, f"parent {parent.id}: {got}, model says {expected}"
+                if parent.warning:
+                    event("a parent carries on with a warning")
+                elif parent.status in TERMINAL:
+                    event(f"a parent ended {parent.status}")
             for child in self.model.children.values():
                 job = self.store.get(child.id)
                 found = (job.status, job.attempts)
                 modelled = (child.status, child.attempts)
                 assert found == modelled, f"child {child.id}: {found}, model says {modelled}"
+                if child.status in ("failed", "cancelled"):
+                    event(f"a child ended {child.status}")
 
         @invariant()
         def child_stats_equal_a_fresh_group_by_and_the_model(self) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import apsw
 import attrs
-from hypothesis import note, settings
+from hypothesis import event, note, settings, target
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -117,6 +117,10 @@ def interleaving_machine(
             self.handled: Counter[str] = Counter()
             self.shown = False
             self.pct: PCTChooser | None = None
+            # What the search reached, for Hypothesis's statistics and the
+            # fuzz summary; gathered on trio's thread, reported on the test's.
+            self.seen: set[str] = set()
+            self.busy_retries = 0
 
         # -- reporting -------------------------------------------------------------
 
@@ -240,6 +244,8 @@ def interleaving_machine(
                 self.scheduler.log("harness", f"cancel parent {parent}", "already finished")
                 return
             if cancelled is not None:
+                if cancelled:
+                    self.seen.add("a parent was cancelled with children still active")
                 self.scheduler.log("harness", f"cancel parent {parent}", f"{cancelled} cancelled")
 
         @precondition(lambda self: self.workers)
@@ -314,6 +320,11 @@ def interleaving_machine(
         @checked
         def invariants_1_to_8(self) -> None:
             self.verify()
+            self.report_coverage()
+
+        def report_coverage(self) -> None:
+            for seen in sorted(self.seen):
+                event(seen)
 
         def verify(self, _: Step | None = None) -> None:
             """Check the trace so far and the file (after every rule, and after
@@ -323,6 +334,10 @@ def interleaving_machine(
             for step in trace[self.checked_steps :]:
                 if step.call is not None and step.error is None:
                     self.check_step(step)
+                elif isinstance(step.error, BusyAttempt):
+                    self.busy_retries += 1
+                    holder = "the intruder" if self.lock_holder is not None else "another task"
+                    self.seen.add(f"SQLITE_BUSY retried while {holder} held the write lock")
             self.checked_steps = len(trace)
             self.check_file()
             if self.scheduler.unexplained_busy:
@@ -353,6 +368,8 @@ def interleaving_machine(
             if step.call == "receive" and isinstance(step.result, Message):
                 message = step.result
                 lease = self.leases.get(message.id)
+                if lease is not None and lease.expires_ms <= t:
+                    self.seen.add("a lease expired and its message was received again")
                 if lease is not None and lease.expires_ms > t:
                     self.fail(
                         2,
@@ -369,6 +386,7 @@ def interleaving_machine(
                     )
                 self.leases[message.id] = _Lease(message.receipt, t + lease_ms, step.task)
             elif step.call == "extend":
+                self.seen.add("a heartbeat extended a lease")
                 receipt, seconds = step.args
                 self.holder(step, receipt)
                 self.leases[receipt.split(":")[0]].expires_ms = t + round(seconds * 1000)
@@ -378,12 +396,14 @@ def interleaving_machine(
                 if step.call == "start":
                     self.starts[job] += 1
                 else:
+                    self.seen.add(f"a worker called {step.call}()")
                     del self.leases[receipt.split(":")[0]]
                 if step.call == "complete":
                     self.completions[job] += 1
                     if self.completions[job] > 1:
                         self.fail(7, "exactly-once effect", f"job {job} was completed twice")
             elif step.call == "nack":
+                self.seen.add("a worker nacked a message that is not a job")
                 (receipt,) = step.args
                 self.holder(step, receipt)
                 del self.leases[receipt.split(":")[0]]
@@ -408,6 +428,8 @@ def interleaving_machine(
             if lost:
                 self.fail(1, "conservation", f"plain messages {lost} vanished")
             status = {str(j[0]): j[2] for j in jobs}
+            for state in set(status.values()) & {"failed", "cancelled"}:
+                self.seen.add(f"a job ended {state}")
             active: Counter[str] = Counter()
             for job_id, parent, state, attempts, message_id in jobs:
                 job_id = str(job_id)
@@ -507,6 +529,9 @@ def interleaving_machine(
                     except BaseException as exc:
                         self.show_schedule(exc)
                         raise
+                    self.report_coverage()
+                    target(self.busy_retries, label="busy retries")
+                    target(self.decisions, label="scheduling decisions")
             finally:
                 self.close()
 
@@ -528,6 +553,9 @@ def interleaving_machine(
             if errors:
                 raise errors[0]
 
-    InterleavingMachine.__name__ = InterleavingMachine.__qualname__ = "InterleavingMachine"
+    # The name keys the example database (the class's source cannot be
+    # found), so the two choosers must not share their saved failures.
+    name = "InterleavingMachine" if chooser == "hypothesis" else "InterleavingMachinePCT"
+    InterleavingMachine.__name__ = InterleavingMachine.__qualname__ = name
     # Races need few steps; short examples run faster and shrink further.
     return settings(stateful_step_count=STEPS)(InterleavingMachine)

@@ -17,27 +17,8 @@ from hypothesis import Phase, settings
 from hypothesis.database import InMemoryExampleDatabase
 from hypothesis.stateful import RuleBasedStateMachine, run_state_machine_as_test
 
-from litejobs.testing._interleaving import interleaving_machine
 from litejobs.testing._mutants import MUTANTS, mutant
-
-MACHINES = ("queue", "hierarchy", "interleaving")
-
-
-def _queue_machine() -> type[RuleBasedStateMachine]:
-    from litejobs._machines import litejobs_queue, queue_machine
-
-    return queue_machine(litejobs_queue)
-
-
-def _machine(name: str) -> type[RuleBasedStateMachine]:
-    from litejobs._machines import hierarchy_machine
-
-    builders: dict[str, Callable[[], type[RuleBasedStateMachine]]] = {
-        "queue": _queue_machine,
-        "hierarchy": hierarchy_machine,
-        "interleaving": interleaving_machine,
-    }
-    return builders[name]()
+from litejobs.testing._registry import MACHINES, build_machine
 
 
 @attrs.frozen
@@ -120,7 +101,7 @@ def check_mutant(
     # One failure per run (the first found is the one timed and shrunk), and
     # each machine's own step count.
     for machine_name in order:
-        watch = _Watch(_machine(machine_name))
+        watch = _Watch(build_machine(machine_name))
         progress(f"{name}: {machine_name} machine")
         steps = watch.machine.TestCase.settings.stateful_step_count
         # A derandomized search repeats itself, so the shrinking run finds the
