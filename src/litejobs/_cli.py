@@ -140,8 +140,28 @@ def _parser() -> argparse.ArgumentParser:
         "--mutant", default=None, help="fuzz a seeded bug (litejobs.testing.MUTANTS) instead"
     )
     fuzz.add_argument("--seed", type=int, default=None, help="for the random inputs")
+    fuzz.add_argument(
+        "-x", "--exitfirst", action="store_true", help="stop at the first failure found"
+    )
     fuzz.add_argument("--report", default=None, help="write summary.md and summary.json here")
     fuzz.add_argument("--json", action="store_true", help="print the JSON summary instead")
+
+    fuzz_bench = commands.add_parser(
+        "fuzz-bench",
+        help="measure the fuzz loop's examples/s against plain pytest's",
+        description=(
+            "For each machine: run its TestCase as pytest does under the profile, then the "
+            "fuzz loop for the same time in the same process; repeat for several rounds and "
+            "print the median examples/s of each and their ratio."
+        ),
+    )
+    fuzz_bench.add_argument(
+        "--machines", default=None, help="comma-separated: queue,hierarchy,interleaving (all)"
+    )
+    fuzz_bench.add_argument("--chooser", default="hypothesis", choices=["hypothesis", "pct"])
+    fuzz_bench.add_argument("--profile", default="ci", choices=["dev", "ci", "nightly"])
+    fuzz_bench.add_argument("--rounds", type=_positive, default=3)
+    fuzz_bench.add_argument("--json", action="store_true", help="print a JSON list instead")
     return parser
 
 
@@ -267,6 +287,11 @@ def _selfcheck(args: argparse.Namespace) -> int:
 
 
 def _fuzz(args: argparse.Namespace) -> int:
+    import random
+    from pathlib import Path
+
+    from litejobs._errors import ConfigError
+
     try:
         from litejobs.fuzz import (
             FuzzPlan,
@@ -285,22 +310,23 @@ def _fuzz(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    import random
-    from pathlib import Path
-
-    plan = FuzzPlan(
-        budget_s=parse_budget(args.budget),
-        database=args.database or default_database(),
-        jobs=args.jobs,
-        machines=tuple(args.machines.split(",")) if args.machines else MACHINES,
-        chooser=args.chooser,
-        profile=args.profile or default_profile(),
-        mutant=args.mutant,
-        seed=random.randrange(2**32) if args.seed is None else args.seed,
-    )
     display = LiveDisplay()
     try:
+        plan = FuzzPlan(
+            budget_s=parse_budget(args.budget),
+            database=args.database or default_database(),
+            jobs=args.jobs,
+            machines=tuple(args.machines.split(",")) if args.machines else MACHINES,
+            chooser=args.chooser,
+            profile=args.profile or default_profile(),
+            mutant=args.mutant,
+            seed=random.randrange(2**32) if args.seed is None else args.seed,
+            exitfirst=args.exitfirst,
+        )
         summary = run_fuzz(plan, on_progress=display, started=_STARTED)
+    except ConfigError as exc:  # a usage error, not a failure found
+        print(f"litejobs fuzz: {exc}", file=sys.stderr)
+        return 2
     finally:
         display.close()
     if args.report:
@@ -310,13 +336,37 @@ def _fuzz(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def _fuzz_bench(args: argparse.Namespace) -> int:
+    from litejobs.fuzz._bench import bench_fuzz, format_bench
+    from litejobs.testing._registry import MACHINES
+
+    rows = bench_fuzz(
+        args.machines.split(",") if args.machines else MACHINES,
+        profile=args.profile,
+        rounds=args.rounds,
+        chooser=args.chooser,
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    if args.json:
+        print(json.dumps([row.to_json() for row in rows], indent=2))
+    else:
+        print(format_bench(rows, profile=args.profile))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``litejobs`` command; return its exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     args.argv = argv
     try:
-        commands = {"bench": _bench, "load": _load, "selfcheck": _selfcheck, "fuzz": _fuzz}
+        commands = {
+            "bench": _bench,
+            "load": _load,
+            "selfcheck": _selfcheck,
+            "fuzz": _fuzz,
+            "fuzz-bench": _fuzz_bench,
+        }
         return commands[args.command](args)
     except (LiteJobsError, KeyboardInterrupt, BaseExceptionGroup) as exc:
         # trio wraps what crosses a nursery in exception groups: look inside.

@@ -14,7 +14,8 @@ class FuzzPlan:
     """A fuzz run. ``database`` is a directory or a ``redis://`` address;
     ``mutant`` names a seeded bug from :data:`litejobs.testing.MUTANTS` to
     run against instead of the correct code; ``seed`` fixes the random
-    inputs, so a run on one machine repeats."""
+    inputs, so a run on one machine repeats. ``exitfirst`` ends the run at
+    the first failure instead of spending the rest of the budget."""
 
     budget_s: float
     database: str
@@ -24,6 +25,7 @@ class FuzzPlan:
     profile: str = "dev"
     mutant: str | None = None
     seed: int = 0
+    exitfirst: bool = False
 
     def check(self) -> None:
         """Raise :class:`ConfigError` naming the first thing wrong."""

@@ -124,6 +124,8 @@ def run_fuzz(
                     elif kind == "failure":
                         machine, where, text = rest
                         failures.setdefault(f"{machine}: {where}", f"{machine}: {text}")
+                        if plan.exitfirst:
+                            stop.set()
                 now = time.monotonic()
                 for index, process in enumerate(processes):
                     if index in done:

@@ -65,6 +65,8 @@ class FuzzSummary:
     def to_markdown(self) -> str:
         plan = self.plan
         status = "interrupted" if self.interrupted else "finished"
+        if plan.exitfirst and self.failures and not self.interrupted:
+            status = "stopped at the first failure"
         lines = [
             "# litejobs fuzz",
             "",
@@ -86,10 +88,10 @@ class FuzzSummary:
         for name, stats in self.machines.items():
             if stats.origins:
                 lines += ["", f"## Failures in {name}", ""]
-                lines += [
-                    f"- {count} x {where}: {stats.messages.get(where, '')}"
-                    for where, count in stats.origins.most_common()
-                ]
+                for where, count in stats.origins.most_common():
+                    text = stats.messages.get(where, "")
+                    text = text[len(where) :].lstrip(": ") if text.startswith(where) else text
+                    lines.append(f"- {count} x `{where}`: {text}")
         lines += ["", "## What the search reached", ""]
         for name, stats in self.machines.items():
             lines.append(f"**{name}** (examples that saw each event):")

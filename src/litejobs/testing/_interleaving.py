@@ -66,10 +66,11 @@ class _Lease:
 
 
 def interleaving_machine(
-    *, chooser: str = "hypothesis", max_workers: int = 3, max_receive: int = 3
+    *, chooser: str = "hypothesis", max_workers: int = 3, max_receive: int = 3, steps: int = STEPS
 ) -> type[RuleBasedStateMachine]:
     """Build the interleaving machine. ``chooser`` is ``"hypothesis"`` (one
-    draw per decision) or ``"pct"`` (:class:`PCTChooser`, drawn per run)."""
+    draw per decision) or ``"pct"`` (:class:`PCTChooser`, drawn per run);
+    ``steps`` is the most rules an example runs."""
     if chooser not in ("hypothesis", "pct"):
         raise ValueError(f"chooser must be 'hypothesis' or 'pct', got {chooser!r}")
     lease_ms = round(VISIBILITY * 1000)
@@ -558,4 +559,4 @@ def interleaving_machine(
     name = "InterleavingMachine" if chooser == "hypothesis" else "InterleavingMachinePCT"
     InterleavingMachine.__name__ = InterleavingMachine.__qualname__ = name
     # Races need few steps; short examples run faster and shrink further.
-    return settings(stateful_step_count=STEPS)(InterleavingMachine)
+    return settings(stateful_step_count=steps)(InterleavingMachine)

@@ -1,0 +1,58 @@
+"""Running ``litejobs fuzz`` and ``pytest`` as a user would, in a scratch
+directory whose ``.hypothesis`` is the default example database."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+PROPERTIES = Path(__file__).resolve().parent.parent / "properties"
+
+
+def env(**extra: str) -> dict[str, str]:
+    """The environment of a developer's shell: the dev profile, whatever CI says."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("CI", "LITEJOBS_PROFILE")}
+    return {**environ, "LITEJOBS_PROFILE": "dev", **extra}
+
+
+def fuzz(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "litejobs", "fuzz", *args],
+        cwd=cwd,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def pytest_replay(cwd: Path, module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Plain pytest on one property module, with Hypothesis's statistics."""
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            str(PROPERTIES / module),
+            "-p",
+            "no:cacheprovider",
+            "--hypothesis-show-statistics",
+            *args,
+        ],
+        cwd=cwd,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def reused_failures(output: str) -> int:
+    """Failing examples in the reuse phase: the ones replayed from a database."""
+    match = re.search(
+        r"during reuse phase.*?(\d+) passing examples, (\d+) failing examples", output, re.S
+    )
+    return int(match[2]) if match else 0

@@ -1,0 +1,148 @@
+"""``litejobs fuzz``: budgets, plans, databases, the run and its summary,
+replay of its failures by plain pytest, and Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from fuzzhelpers import env, fuzz, pytest_replay, reused_failures
+from litejobs import ConfigError
+from litejobs.fuzz import FuzzPlan, MachineStats, open_database, parse_budget, run_fuzz
+from litejobs.fuzz._runner import grace_s
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("30s", 30), ("20m", 1200), ("8h", 28800), ("90", 90), ("1.5m", 90)]
+)
+def test_a_budget_reads_as_people_write_it(text, seconds):
+    assert parse_budget(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "0", "-5s", "5d", "soon", "nan", "1e3"])
+def test_a_bad_budget_is_a_config_error_that_shows_the_form(text):
+    with pytest.raises(ConfigError, match="like 30s or 8h"):
+        parse_budget(text)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"machines": ("queue", "nope")}, "unknown machine nope; the machines are queue"),
+        ({"machines": ()}, "unknown machine"),
+        ({"chooser": "random"}, "chooser must be one of hypothesis, pct"),
+        ({"mutant": "nope"}, "unknown mutant 'nope'; the mutants are double_receive"),
+        ({"jobs": 0}, "jobs must be at least 1"),
+        ({"profile": "fast"}, "profile must be one of dev, ci, nightly"),
+    ],
+)
+def test_a_wrong_plan_is_refused_before_any_process_starts(tmp_path, change, message):
+    plan = FuzzPlan(budget_s=1, database=str(tmp_path), **change)
+    with pytest.raises(ConfigError, match=message):
+        run_fuzz(plan)
+
+
+def test_a_database_that_is_a_file_or_an_unreachable_redis_is_a_config_error(tmp_path):
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    with pytest.raises(ConfigError, match="is a file, not a directory"):
+        open_database(str(afile))
+    with pytest.raises(ConfigError, match="cannot reach the example database redis://"):
+        open_database("redis://127.0.0.1:1/0")
+
+
+def test_machine_counts_merge_and_cross_processes_as_json():
+    one = MachineStats(examples=2, rules={"a"}, targets={"t": 3.0})
+    one.events["e"] += 2
+    one.failed("X at f.py:1", "X: first")
+    two = MachineStats(examples=5, gave_up=1, rules={"b"}, targets={"t": 7.0, "u": 1.0})
+    two.events["e"] += 1
+    two.failed("X at f.py:1", "X: second")
+    total = one.merge(two)
+    assert (total.examples, total.gave_up, total.failures) == (7, 1, 2)
+    assert total.rules == {"a", "b"}
+    assert total.targets == {"t": 7.0, "u": 1.0}
+    assert total.events["e"] == 3
+    assert total.messages == {"X at f.py:1": "X: first"}
+    assert MachineStats.from_json(total.to_json()) == total
+
+
+def test_the_correct_code_runs_the_whole_budget_and_passes(tmp_path):
+    seen = []
+    plan = FuzzPlan(budget_s=4, database=str(tmp_path / "db"), jobs=2, machines=("queue",))
+    summary = run_fuzz(plan, on_progress=seen.append)
+    assert not summary.failed, summary.to_markdown()
+    assert plan.budget_s <= summary.elapsed_s <= plan.budget_s + grace_s(plan.budget_s) + 2
+    queue = summary.machines["queue"]
+    assert queue.examples > 0
+    assert queue.rules == {
+        "send", "send_batch", "receive", "receive_again_and_again", "receive_batch",
+        "delete", "extend", "nack", "delete_batch", "redrive", "advance",
+    }  # fmt: skip
+    assert "a message used up its receives and went to the dead letters" in queue.events
+    assert seen
+    assert seen[-1].machines["queue"].examples == queue.examples
+    data = summary.to_json()
+    assert data["machines"]["queue"]["examples_per_s"] == pytest.approx(
+        queue.examples / summary.elapsed_s, abs=0.01
+    )
+    assert "| queue |" in summary.to_markdown()
+
+
+def test_a_mutant_found_by_fuzz_is_replayed_and_shrunk_by_plain_pytest(tmp_path):
+    """The acceptance path: fuzz a seeded bug in two processes, then run
+    plain pytest in the same directory; it fails in its reuse phase, i.e. on
+    the saved failure, and prints the shrunk schedule."""
+    found = fuzz(
+        tmp_path, "--budget", "60s", "--jobs", "2", "--machines", "interleaving",
+        "--mutant", "double_receive", "--report", "report", "--seed", "3", "--exitfirst",
+    )  # fmt: skip
+    assert found.returncode == 1, found.stdout + found.stderr
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["machines"]["interleaving"]["failures"] > 0
+    assert "stopped at the first failure" in found.stdout
+    assert (tmp_path / ".hypothesis" / "examples").is_dir()
+
+    replay = pytest_replay(
+        tmp_path,
+        "test_litejobs_interleaving.py::TestLitejobsInterleaving",
+        "--litejobs-mutant",
+        "double_receive",
+    )
+    assert replay.returncode == 1, replay.stdout
+    assert reused_failures(replay.stdout) >= 1, replay.stdout
+    assert "schedule (" in replay.stdout
+    assert "invariant 2 (exclusive lease)" in replay.stdout
+
+
+def test_ctrl_c_stops_the_run_and_still_writes_the_summary(tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "litejobs", "fuzz", "--budget", "10m", "--jobs", "2",
+         "--machines", "queue", "--report", "report"],
+        cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        first = process.stderr.readline()  # the first progress line: the run is on
+        assert first.startswith("fuzz "), first
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert summary["interrupted"] is True
+    assert summary["elapsed_s"] < 600
+    assert "interrupted after" in out
+    assert "Traceback" not in err
+
+
+def test_the_cli_exits_2_on_a_bad_budget_or_mutant(tmp_path):
+    for args in (["--budget", "5d"], ["--mutant", "nope"]):
+        done = fuzz(tmp_path, *args)
+        assert done.returncode == 2
+        assert done.stderr.startswith("litejobs fuzz: ")
