@@ -97,3 +97,13 @@ def test_bad_argument_errors_are_also_builtin_errors():
     assert issubclass(litejobs.ConfigError, ValueError)
     assert issubclass(litejobs.InvalidPayloadError, ValueError)
     assert issubclass(litejobs.NotFoundError, LookupError)
+
+
+def test_the_fuzz_package_reports_itself_and_sorts_its_names():
+    import litejobs.fuzz
+
+    assert sorted(litejobs.fuzz.__all__) == litejobs.fuzz.__all__
+    for name in litejobs.fuzz.__all__:
+        value = getattr(litejobs.fuzz, name)
+        if isinstance(value, type):
+            assert value.__module__ == "litejobs.fuzz", name

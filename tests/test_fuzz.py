@@ -12,7 +12,14 @@ import pytest
 
 from fuzzhelpers import env, fuzz, pytest_replay, reused_failures
 from litejobs import ConfigError
-from litejobs.fuzz import FuzzPlan, MachineStats, open_database, parse_budget, run_fuzz
+from litejobs.fuzz import (
+    FuzzPlan,
+    FuzzSummary,
+    MachineStats,
+    open_database,
+    parse_budget,
+    run_fuzz,
+)
 from litejobs.fuzz._runner import grace_s
 
 
@@ -53,6 +60,19 @@ def test_a_database_that_is_a_file_or_an_unreachable_redis_is_a_config_error(tmp
         open_database(str(afile))
     with pytest.raises(ConfigError, match="cannot reach the example database redis://"):
         open_database("redis://127.0.0.1:1/0")
+
+
+def test_a_redis_password_never_reaches_a_report():
+    from litejobs.fuzz._databases import redact
+
+    assert redact("redis://:s3cret@db.example:6380/2") == "redis://:***@db.example:6380/2"
+    assert redact("redis://user:s3cret@db.example/0") == "redis://user:***@db.example/0"
+    assert redact("redis://db.example:6379/0") == "redis://db.example:6379/0"
+    assert redact("/tmp/examples") == "/tmp/examples"
+    plan = FuzzPlan(budget_s=1, database="redis://:s3cret@h:1/0")
+    summary = FuzzSummary(plan=plan, elapsed_s=1.0, machines={}, rules_total={})
+    assert "s3cret" not in summary.to_markdown()
+    assert "s3cret" not in json.dumps(summary.to_json())
 
 
 def test_machine_counts_merge_and_cross_processes_as_json():

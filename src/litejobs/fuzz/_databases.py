@@ -9,6 +9,7 @@ share.
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from hypothesis.configuration import storage_directory
 from hypothesis.database import (
@@ -61,3 +62,13 @@ def _redis(address: str) -> ExampleDatabase:
     except redis.RedisError as exc:
         raise ConfigError(f"cannot reach the example database {address}: {exc}") from None
     return RedisExampleDatabase(client)
+
+
+def redact(address: str) -> str:
+    """``address`` with any password replaced, for reports and logs."""
+    parts = urlsplit(address)
+    if not parts.password:
+        return address
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))

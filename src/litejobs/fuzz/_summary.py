@@ -8,6 +8,7 @@ from typing import Any
 
 import attrs
 
+from litejobs.fuzz._databases import redact
 from litejobs.fuzz._plan import FuzzPlan
 from litejobs.fuzz._stats import MachineStats
 
@@ -39,6 +40,7 @@ class FuzzSummary:
     def to_json(self) -> dict[str, Any]:
         plan = attrs.asdict(self.plan)
         plan["machines"] = list(self.plan.machines)
+        plan["database"] = redact(self.plan.database)
         return {
             "plan": plan,
             "elapsed_s": round(self.elapsed_s, 2),
@@ -72,7 +74,7 @@ class FuzzSummary:
             "",
             f"{status} after {self.elapsed_s:.1f} s of a {plan.budget_s:g} s budget; "
             f"{plan.jobs} process(es), chooser `{plan.chooser}`, profile `{plan.profile}`, "
-            f"seed {plan.seed}, database `{plan.database}`"
+            f"seed {plan.seed}, database `{redact(plan.database)}`"
             + (f", mutant `{plan.mutant}`" if plan.mutant else "")
             + ".",
             "",

@@ -95,7 +95,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def pytest_report_header(config: pytest.Config) -> list[str]:
     lines = [f"litejobs: Hypothesis profile {config.stash.get(_profile_key, '?')}"]
     if config.getoption("litejobs_db"):
-        lines.append(f"litejobs: replaying from {config.getoption('litejobs_db')} (read-only)")
+        from litejobs.fuzz._databases import redact
+
+        shared = redact(config.getoption("litejobs_db"))
+        lines.append(f"litejobs: replaying from {shared} (read-only)")
     if config.getoption("litejobs_mutant"):
         lines.append(f"litejobs: mutant {config.getoption('litejobs_mutant')} applied")
     return lines
