@@ -10,8 +10,9 @@ TestLitejobsInterleaving = interleaving_machine().TestCase
 TestLitejobsInterleavingPCT = interleaving_machine(chooser="pct").TestCase
 
 # Three times the rules per example: races that need more setup. Too slow for
-# the ci profile, which leaves it out; dev and nightly run it. It shares the
-# PCT machine's saved failures, which replay within either length.
+# ci and dev, which leave it out; nightly and --litejobs-slow run it. Its saved
+# failures have a key of their own: the 20-step machine would drop the ones
+# it cannot reach.
 TestLitejobsInterleavingPCTLong = pytest.mark.litejobs_slow(
     interleaving_machine(chooser="pct", steps=60).TestCase
 )

@@ -23,8 +23,9 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def db(litejobs_db: litejobs.Database) -> litejobs.Database:
-    return litejobs_db
+def db(db_path: Path, clock: litejobs.VirtualClock) -> Iterator[litejobs.Database]:
+    with litejobs.Database.open(db_path, clock=clock, seed=0) as database:
+        yield database
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ replay of its failures by plain pytest, and Ctrl-C."""
 
 from __future__ import annotations
 
+import io
 import json
 import signal
 import subprocess
@@ -14,10 +15,13 @@ from fuzzhelpers import env, fuzz, pytest_replay, reused_failures
 from litejobs import ConfigError
 from litejobs.fuzz import (
     FuzzPlan,
+    FuzzProgress,
     FuzzSummary,
+    LiveDisplay,
     MachineStats,
     open_database,
     parse_budget,
+    render,
     run_fuzz,
 )
 from litejobs.fuzz._runner import grace_s
@@ -69,6 +73,10 @@ def test_a_redis_password_never_reaches_a_report():
     assert redact("redis://user:s3cret@db.example/0") == "redis://user:***@db.example/0"
     assert redact("redis://db.example:6379/0") == "redis://db.example:6379/0"
     assert redact("/tmp/examples") == "/tmp/examples"
+    assert redact("redis://h:1/0?password=s3cret&ssl=1") == "redis://h:1/0?password=***&ssl=1"
+    with pytest.raises(ConfigError) as refused:
+        open_database("redis://:s3cret@127.0.0.1:1/0")
+    assert "s3cret" not in str(refused.value)
     plan = FuzzPlan(budget_s=1, database="redis://:s3cret@h:1/0")
     summary = FuzzSummary(plan=plan, elapsed_s=1.0, machines={}, rules_total={})
     assert "s3cret" not in summary.to_markdown()
@@ -93,17 +101,19 @@ def test_machine_counts_merge_and_cross_processes_as_json():
 
 def test_the_correct_code_runs_the_whole_budget_and_passes(tmp_path):
     seen = []
-    plan = FuzzPlan(budget_s=4, database=str(tmp_path / "db"), jobs=2, machines=("queue",))
+    plan = FuzzPlan(budget_s=4, database=str(tmp_path / "db"), jobs=2, machines=("queue",), seed=1)
     summary = run_fuzz(plan, on_progress=seen.append)
     assert not summary.failed, summary.to_markdown()
+    assert (summary.killed, summary.errors) == (0, ())
     assert plan.budget_s <= summary.elapsed_s <= plan.budget_s + grace_s(plan.budget_s) + 2
     queue = summary.machines["queue"]
     assert queue.examples > 0
-    assert queue.rules == {
+    assert queue.rules  # which ones, in a few seconds, is up to the random inputs
+    assert queue.rules <= {
         "send", "send_batch", "receive", "receive_again_and_again", "receive_batch",
         "delete", "extend", "nack", "delete_batch", "redrive", "advance",
     }  # fmt: skip
-    assert "a message used up its receives and went to the dead letters" in queue.events
+    assert summary.rules_total == {"queue": 11}
     assert seen
     assert seen[-1].machines["queue"].examples == queue.examples
     data = summary.to_json()
@@ -166,3 +176,101 @@ def test_the_cli_exits_2_on_a_bad_budget_or_mutant(tmp_path):
         done = fuzz(tmp_path, *args)
         assert done.returncode == 2
         assert done.stderr.startswith("litejobs fuzz: ")
+
+
+def _progress(elapsed: float, failures: tuple[str, ...] = ()) -> FuzzProgress:
+    queue = MachineStats(examples=120, failures=len(failures), rules={"send", "receive"})
+    queue.events["a message went to the dead letters"] += 3
+    return FuzzProgress(
+        elapsed_s=elapsed,
+        budget_s=60,
+        machines={"queue": queue},
+        rules_total={"queue": 11},
+        failures=failures,
+        stopping=False,
+    )
+
+
+def test_the_live_view_shows_the_bar_each_machine_and_each_failure():
+    lines = render(_progress(15, ("queue: AssertionError: received 2, expected 1",)))
+    assert lines[0].startswith("fuzzing [########")
+    assert "25%" in lines[0]
+    assert lines[2].split() == ["queue", "120", "1", "2/11", "1", "8.0"]
+    assert lines[3] == "  FAILED queue: AssertionError: received 2, expected 1"
+
+
+def test_a_log_gets_a_line_every_ten_seconds_and_a_last_one(tmp_path):
+    stream = io.StringIO()
+    display = LiveDisplay(stream)
+    for second in (0, 3, 9, 10, 15, 21):
+        display(_progress(second))
+    display.close()
+    lines = stream.getvalue().splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "fuzz 0/60 s", "fuzz 10/60 s", "fuzz 21/60 s", "fuzz 21/60 s",
+    ]  # fmt: skip
+    assert lines[-1] == "fuzz 21/60 s: 120 examples, 0 distinct failures"
+
+
+def test_fuzz_bench_puts_the_loop_beside_pytest_and_reports_the_ratio(capsys):
+    from litejobs._cli import main
+
+    argv = ["fuzz-bench", "--machines", "queue", "--rounds", "1", "--seconds", "0.1"]
+    assert main([*argv, "--profile", "dev", "--json"]) == 0
+    out, err = capsys.readouterr()
+    (row,) = json.loads(out)
+    assert row["machine"] == "queue"
+    assert row["pytest_examples_per_s"] > 0
+    assert row["fuzz_inputs_per_s"] >= row["fuzz_examples_per_s"] > 0
+    assert row["ratio"] == pytest.approx(
+        row["fuzz_examples_per_s"] / row["pytest_examples_per_s"], rel=0.01
+    )
+    assert "queue round 1/1: pytest" in err
+
+
+def test_each_machine_variant_has_one_database_key_shared_with_its_test():
+    """A failure fuzzing saves must be found by the same machine's TestCase,
+    and never by (or deleted by) another variant's."""
+    from hypothesis.internal.reflection import function_digest
+    from hypothesis.stateful import get_state_machine_test
+
+    from litejobs.testing import interleaving_machine
+    from litejobs.testing._registry import build_machine
+
+    def key(machine) -> bytes:
+        return function_digest(get_state_machine_test(machine).hypothesis.inner_test)
+
+    variants = {
+        "hypothesis": key(build_machine("interleaving", chooser="hypothesis")),
+        "pct": key(build_machine("interleaving", chooser="pct")),
+        "pct, 60 steps": key(interleaving_machine(chooser="pct", steps=60)),
+        "queue": key(build_machine("queue")),
+        "hierarchy": key(build_machine("hierarchy")),
+    }
+    assert len(set(variants.values())) == len(variants)
+    assert key(interleaving_machine()) == variants["hypothesis"]  # what properties/ runs
+    assert key(interleaving_machine(chooser="pct")) == variants["pct"]
+
+
+def test_a_second_ctrl_c_kills_the_processes_and_that_is_not_a_failure(tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "litejobs", "fuzz", "--budget", "10m", "--jobs", "2",
+         "--machines", "interleaving", "--report", "report"],
+        cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        assert process.stderr.readline().startswith("fuzz ")
+        process.send_signal(signal.SIGINT)
+        # Python runs one handler for signals that arrive together: wait for
+        # the first to be acted on.
+        assert process.stderr.readline().startswith("stopping: ")
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert process.returncode == 0, err
+    assert summary["interrupted"] is True
+    assert summary["errors"] == []
+    assert summary["killed"] >= 1, summary  # killed, and not counted as failed

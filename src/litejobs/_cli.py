@@ -11,9 +11,6 @@ from collections.abc import Sequence
 
 from litejobs._errors import LiteJobsError
 
-#: When the command started: a fuzz budget counts from here, start-up included.
-_STARTED = time.monotonic()
-
 
 def _positive(text: str) -> int:
     value = int(text)
@@ -161,6 +158,9 @@ def _parser() -> argparse.ArgumentParser:
     fuzz_bench.add_argument("--chooser", default="hypothesis", choices=["hypothesis", "pct"])
     fuzz_bench.add_argument("--profile", default="ci", choices=["dev", "ci", "nightly"])
     fuzz_bench.add_argument("--rounds", type=_positive, default=3)
+    fuzz_bench.add_argument(
+        "--seconds", type=float, default=20.0, help="each side, per machine and round"
+    )
     fuzz_bench.add_argument("--json", action="store_true", help="print a JSON list instead")
     return parser
 
@@ -323,7 +323,7 @@ def _fuzz(args: argparse.Namespace) -> int:
             seed=random.randrange(2**32) if args.seed is None else args.seed,
             exitfirst=args.exitfirst,
         )
-        summary = run_fuzz(plan, on_progress=display, started=_STARTED)
+        summary = run_fuzz(plan, on_progress=display, started=args.started)
     except ConfigError as exc:  # a usage error, not a failure found
         print(f"litejobs fuzz: {exc}", file=sys.stderr)
         return 2
@@ -344,6 +344,7 @@ def _fuzz_bench(args: argparse.Namespace) -> int:
         args.machines.split(",") if args.machines else MACHINES,
         profile=args.profile,
         rounds=args.rounds,
+        seconds=args.seconds,
         chooser=args.chooser,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
     )
@@ -356,8 +357,10 @@ def _fuzz_bench(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``litejobs`` command; return its exit status."""
+    started = time.monotonic()  # a fuzz budget counts from here
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    args.started = started
     args.argv = argv
     try:
         commands = {

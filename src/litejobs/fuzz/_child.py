@@ -1,10 +1,11 @@
 """The loop each fuzz process runs: fresh random bytes into the machines in
-turn until the deadline or the stop event, with counts sent home as JSON."""
+turn until the deadline or the stop flag, with counts sent home as JSON."""
 
 from __future__ import annotations
 
 import contextlib
 import random
+import signal
 import time
 from typing import Any, Protocol
 
@@ -18,50 +19,56 @@ from litejobs.fuzz._target import BUFFER_BYTES, FuzzTarget, first_line, origin
 REPORT_EVERY_S = 0.5
 
 
-class _Outbox(Protocol):
-    def put(self, item: Any) -> None: ...
+class Outbox(Protocol):
+    """Where a process's messages go: a pipe's ``send`` in a real run."""
+
+    def send(self, message: Any) -> None: ...
 
 
-class _Flag(Protocol):
-    def is_set(self) -> bool: ...
+class StopFlag(Protocol):
+    """Non-zero ``value`` asks the loop to end after its current input."""
+
+    value: int
 
 
-def fuzz_process(plan: FuzzPlan, index: int, deadline: float, stop: _Flag, outbox: _Outbox) -> None:
+def fuzz_process(
+    plan: FuzzPlan, index: int, deadline: float, stop: StopFlag, outbox: Outbox
+) -> None:
     """Run process ``index`` of ``plan`` until ``deadline`` (``time.monotonic``,
     which every process on the machine shares) or until ``stop`` is set.
 
-    Messages: ``("stats", index, {machine: counts})`` now and then,
-    ``("failure", index, machine, origin, message)`` at once, ``("error",
-    index, text)`` if the process cannot start, and ``("done", index,
-    counts)`` last. SIGINT is ignored here: the parent stops the loop between
-    inputs, so an interrupt never lands inside a test and is never saved as a
-    failure."""
-    try:
-        from litejobs.testing._mutants import mutant
-        from litejobs.testing._profiles import register_profiles
+    Messages: ``("stats", {machine: counts})`` now and then, ``("failure",
+    machine, origin, message)`` at once, ``("error", text)`` if the process
+    cannot start, and ``("done", counts)`` last. SIGINT is ignored here: the
+    parent stops the loop between inputs, so an interrupt never lands inside
+    a test, where Hypothesis would save it as a failure."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.ExitStack() as stack:
+        try:
+            from litejobs.testing._mutants import mutant
+            from litejobs.testing._profiles import register_profiles
 
-        register_profiles()
-        settings.load_profile(plan.profile)
-        database = open_database(plan.database)
-        applied = mutant(plan.mutant) if plan.mutant else contextlib.nullcontext()
-    except Exception as exc:
-        outbox.put(("error", index, f"{type(exc).__name__}: {exc}"))
-        return
-    with applied:
-        targets = [
-            FuzzTarget.build(name, chooser=plan.chooser, database=database)
-            for name in plan.machines
-        ]
-        run_inputs(targets, random.Random(f"{plan.seed}:{index}"), deadline, stop, outbox, index)
+            register_profiles()
+            settings.load_profile(plan.profile)
+            database = open_database(plan.database)
+            if plan.mutant:
+                stack.enter_context(mutant(plan.mutant))
+            targets = [
+                FuzzTarget.build(name, chooser=plan.chooser, database=database)
+                for name in plan.machines
+            ]
+        except Exception as exc:
+            outbox.send(("error", f"{type(exc).__name__}: {exc}"))
+            return
+        run_inputs(targets, random.Random(f"{plan.seed}:{index}"), deadline, stop, outbox)
 
 
 def run_inputs(
     targets: list[FuzzTarget],
     rng: random.Random,
     deadline: float,
-    stop: _Flag,
-    outbox: _Outbox,
-    index: int = 0,
+    stop: StopFlag,
+    outbox: Outbox,
 ) -> None:
     """Feed ``targets`` in turn; the loop ``litejobs fuzz`` runs in each
     process, and the one its benchmark times."""
@@ -71,13 +78,13 @@ def run_inputs(
 
     reported = time.monotonic()
     turn = 0
-    while not stop.is_set() and time.monotonic() < deadline:
+    while not stop.value and time.monotonic() < deadline:
         target = targets[turn % len(targets)]
         turn += 1
         failure = target.run(rng.randbytes(BUFFER_BYTES))
         if failure is not None:
-            outbox.put(("failure", index, target.name, origin(failure), first_line(failure)))
+            outbox.send(("failure", target.name, origin(failure), first_line(failure)))
         if time.monotonic() - reported >= REPORT_EVERY_S:
             reported = time.monotonic()
-            outbox.put(("stats", index, counts()))
-    outbox.put(("done", index, counts()))
+            outbox.send(("stats", counts()))
+    outbox.send(("done", counts()))

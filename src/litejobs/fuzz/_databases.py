@@ -9,7 +9,7 @@ share.
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from hypothesis.configuration import storage_directory
 from hypothesis.database import (
@@ -53,22 +53,31 @@ def _redis(address: str) -> ExampleDatabase:
         from hypothesis.extra.redis import RedisExampleDatabase
     except ImportError as exc:
         raise ConfigError(
-            f"{address} needs the redis package ({exc.name} is missing): "
+            f"{redact(address)} needs the redis package ({exc.name} is missing): "
             "python3 -m pip install 'litejobs[fuzz]'"
         ) from None
     client = redis.Redis.from_url(address)
     try:
         client.ping()
     except redis.RedisError as exc:
-        raise ConfigError(f"cannot reach the example database {address}: {exc}") from None
+        raise ConfigError(
+            f"cannot reach the example database {redact(address)}: {type(exc).__name__}"
+        ) from None
     return RedisExampleDatabase(client)
 
 
 def redact(address: str) -> str:
-    """``address`` with any password replaced, for reports and logs."""
+    """``address`` with any password, in the user part or the query, replaced
+    by ``***``, for reports, logs and errors."""
     parts = urlsplit(address)
-    if not parts.password:
+    if "://" not in address:
         return address
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    if parts.password:
+        host = parts.hostname or ""
+        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        parts = parts._replace(netloc=netloc)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(key == "password" for key, _ in query):
+        hidden = [(key, "***" if key == "password" else value) for key, value in query]
+        parts = parts._replace(query=urlencode(hidden, safe="*"))
+    return urlunsplit(parts)

@@ -10,13 +10,14 @@ from litejobs.fuzz._runner import FuzzProgress
 
 #: Seconds between lines when the output is not a terminal.
 LOG_EVERY_S = 10.0
+STOPPING = "stopping: each process ends after its current input; Ctrl-C again kills them"
 
 
 def render(progress: FuzzProgress) -> list[str]:
     """The view as lines: a progress bar, a row per machine, the failures."""
     fraction = min(progress.elapsed_s / progress.budget_s, 1.0)
     bar = "#" * round(fraction * 30)
-    state = "stopping" if progress.stopping else "fuzzing"
+    state = "stopping (Ctrl-C again kills)" if progress.stopping else "fuzzing"
     lines = [
         f"{state} [{bar:<30}] {fraction:4.0%}  "
         f"{progress.elapsed_s:,.0f}/{progress.budget_s:,.0f} s",
@@ -44,9 +45,14 @@ class LiveDisplay:
         self.drawn = 0
         self.logged_at = -LOG_EVERY_S
         self.last: FuzzProgress | None = None
+        self.said_stopping = False
 
     def __call__(self, progress: FuzzProgress) -> None:
         self.last = progress
+        if progress.stopping and not self.said_stopping and progress.elapsed_s < progress.budget_s:
+            self.said_stopping = True
+            if not self.tty:
+                print(STOPPING, file=self.stream, flush=True)
         if self.tty:
             up = f"\x1b[{self.drawn}F" if self.drawn else ""
             lines = render(progress)

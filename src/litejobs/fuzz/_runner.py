@@ -1,15 +1,23 @@
 """Run a fuzz plan in worker processes, gather their counts, stop on time or
-on Ctrl-C, and sum it up."""
+on Ctrl-C, and sum it up.
+
+Each process has a pipe of its own back to the parent and reads its stop
+flag from shared memory, so no lock is shared: a process killed at any
+instant cannot wedge the parent or another process, and the end of its pipe
+says it is gone with all it sent already read.
+"""
 
 from __future__ import annotations
 
 import multiprocessing
-import queue
+import pickle
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import attrs
@@ -40,8 +48,113 @@ class FuzzProgress:
 
 def grace_s(budget_s: float) -> float:
     """How long past the deadline a process may take to finish its input
-    before it is killed: inside the 5 % a budget is honoured to."""
-    return max(1.0, 0.03 * budget_s)
+    before it is killed; with start-up, within 5 % of budgets from 30 s."""
+    return max(0.5, 0.03 * budget_s)
+
+
+class _Fleet:
+    """The processes of one run and what they have said."""
+
+    def __init__(self, plan: FuzzPlan, deadline: float) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.plan = plan
+        self.deadline = deadline
+        self.stop = context.RawValue("b", 0)  # read by every process, no lock
+        self.processes: list[Any] = []
+        self.pipes: dict[Connection, int] = {}
+        self.writers: list[Connection] = []
+        for index in range(plan.jobs):
+            reader, writer = context.Pipe(duplex=False)
+            self.pipes[reader] = index
+            self.writers.append(writer)
+            self.processes.append(
+                context.Process(
+                    target=fuzz_process,
+                    args=(plan, index, deadline, self.stop, writer),
+                    name=f"litejobs-fuzz-{index}",
+                    daemon=True,
+                )
+            )
+        self.counts: dict[int, dict[str, Any]] = {}
+        #: Failures as reported one by one, which a last snapshot may lack.
+        self.failures: dict[str, tuple[str, str, str]] = {}  # key -> machine, origin, message
+        self.failure_counts: Counter[tuple[str, str]] = Counter()
+        self.errors: list[str] = []
+        self.killed: list[int] = []
+
+    def start(self) -> None:
+        for process, writer in zip(self.processes, self.writers, strict=True):
+            process.start()
+            writer.close()  # the child's copy is the only one: its end is our EOF
+
+    def running(self) -> bool:
+        return bool(self.pipes)
+
+    def receive(self, timeout: float) -> None:
+        for reader in wait(list(self.pipes), timeout=timeout):
+            index = self.pipes[reader]  # type: ignore[index]
+            try:
+                message = reader.recv()  # type: ignore[union-attr]
+            except (EOFError, OSError, pickle.UnpicklingError):
+                del self.pipes[reader]  # type: ignore[arg-type]
+                self.ended(index)
+                continue
+            self.handle(index, message)
+
+    def handle(self, index: int, message: tuple[Any, ...]) -> None:
+        kind, *rest = message
+        if kind in ("stats", "done"):
+            self.counts[index] = rest[0]
+        elif kind == "error":
+            self.errors.append(f"process {index} could not start: {rest[0]}")
+        elif kind == "failure":
+            machine, origin, text = rest
+            self.failure_counts[machine, origin] += 1
+            self.failures.setdefault(f"{machine}: {origin}", (machine, origin, text))
+            if self.plan.exitfirst:
+                self.stop.value = 1
+
+    def ended(self, index: int) -> None:
+        process = self.processes[index]
+        process.join()
+        if process.exitcode and index not in self.killed:
+            self.errors.append(f"process {index} died with exit code {process.exitcode}")
+
+    def enforce_deadline(self, now: float) -> None:
+        if now < self.deadline + grace_s(self.plan.budget_s):
+            return
+        for index in self.pipes.values():
+            self.kill(index)
+
+    def kill(self, index: int) -> None:
+        process = self.processes[index]
+        if process.is_alive() and index not in self.killed:
+            self.killed.append(index)  # its last counts stand
+            process.kill()
+
+    def close(self) -> None:
+        self.stop.value = 1
+        for index, process in enumerate(self.processes):
+            if process.pid is not None:
+                process.join(timeout=grace_s(self.plan.budget_s))
+                if process.is_alive():
+                    self.kill(index)
+                    process.join()
+
+    def totals(self) -> dict[str, MachineStats]:
+        totals = {name: MachineStats() for name in self.plan.machines}
+        for per_machine in self.counts.values():
+            for name, data in per_machine.items():
+                totals[name] = totals[name].merge(MachineStats.from_json(data))
+        for (machine, origin), reported in self.failure_counts.items():
+            stats = totals[machine]
+            missing = reported - stats.origins[origin]
+            if missing > 0:  # found after the last snapshot that arrived
+                stats.failures += missing
+                stats.origins[origin] += missing
+        for machine, origin, text in self.failures.values():
+            totals[machine].messages.setdefault(origin, text)
+        return totals
 
 
 def run_fuzz(
@@ -62,112 +175,52 @@ def run_fuzz(
         name: len(rule_names(build_machine(name, chooser=plan.chooser))) for name in plan.machines
     }
     began = time.monotonic() if started is None else started
-    deadline = began + plan.budget_s
-    context = multiprocessing.get_context("spawn")
-    stop = context.Event()
-    outbox = context.Queue()
-    counts: dict[int, dict[str, Any]] = {}
-    failures: dict[str, str] = {}
-    errors: list[str] = []
-    done: set[int] = set()
-    dead_since: dict[int, float] = {}
-    interrupts = 0
+    fleet = _Fleet(plan, began + plan.budget_s)
+    interrupts = [0]
 
     def interrupt(signum: int, frame: object) -> None:
-        nonlocal interrupts
-        interrupts += 1
-        stop.set()
-        if interrupts > 1:
-            for process in processes:
-                process.kill()
-
-    processes = [
-        context.Process(
-            target=fuzz_process,
-            args=(plan, index, deadline, stop, outbox),
-            name=f"litejobs-fuzz-{index}",
-            daemon=True,
-        )
-        for index in range(plan.jobs)
-    ]
+        interrupts[0] += 1  # acted on by the loop, never inside a handler
 
     def progress() -> FuzzProgress:
         return FuzzProgress(
             elapsed_s=time.monotonic() - began,
             budget_s=plan.budget_s,
-            machines=_total(plan, counts),
+            machines=fleet.totals(),
             rules_total=rules_total,
-            failures=tuple(failures.values()),
-            stopping=stop.is_set(),
+            failures=tuple(f"{m}: {text}" for m, _, text in fleet.failures.values()),
+            stopping=bool(fleet.stop.value),
         )
 
     with _signals_routed(interrupt) as children_started:
-        for process in processes:
-            process.start()
-        children_started()
         try:
+            fleet.start()
+            children_started()
             shown = 0.0
-            while len(done) < plan.jobs:
-                try:
-                    message = outbox.get(timeout=0.1)
-                except queue.Empty:
-                    message = None
-                if message is not None:
-                    kind, index, *rest = message
-                    if kind in ("stats", "done"):
-                        counts[index] = rest[0]
-                    if kind == "done":
-                        done.add(index)
-                    elif kind == "error":
-                        errors.append(f"process {index}: {rest[0]}")
-                        done.add(index)
-                    elif kind == "failure":
-                        machine, where, text = rest
-                        failures.setdefault(f"{machine}: {where}", f"{machine}: {text}")
-                        if plan.exitfirst:
-                            stop.set()
+            while fleet.running():
+                fleet.receive(timeout=0.1)
+                if interrupts[0]:
+                    fleet.stop.value = 1
+                if interrupts[0] > 1:
+                    for index in list(fleet.pipes.values()):
+                        fleet.kill(index)
                 now = time.monotonic()
-                for index, process in enumerate(processes):
-                    if index in done:
-                        continue
-                    if now > deadline + grace_s(plan.budget_s) and process.is_alive():
-                        process.kill()  # its last counts stand
-                    if process.is_alive():
-                        continue
-                    # Its last message may still be in the pipe: give it time.
-                    dead_since.setdefault(index, now)
-                    if now - dead_since[index] > 1.0:
-                        if process.exitcode:
-                            code = process.exitcode
-                            errors.append(f"process {index} ended with exit code {code}")
-                        done.add(index)
-                finished = len(done) == plan.jobs
-                if on_progress is not None and (now - shown >= PROGRESS_EVERY_S or finished):
+                fleet.enforce_deadline(now)
+                if on_progress is not None and (
+                    now - shown >= PROGRESS_EVERY_S or not fleet.running()
+                ):
                     shown = now
                     on_progress(progress())
         finally:
-            stop.set()
-            for process in processes:
-                process.join(timeout=grace_s(plan.budget_s))
-                if process.is_alive():
-                    process.kill()
-                    process.join()
+            fleet.close()
     return FuzzSummary(
         plan=plan,
         elapsed_s=time.monotonic() - began,
-        machines=_total(plan, counts),
+        machines=fleet.totals(),
         rules_total=rules_total,
-        interrupted=interrupts > 0,
-        errors=tuple(errors),
+        interrupted=interrupts[0] > 0,
+        errors=tuple(fleet.errors),
+        killed=len(fleet.killed),
     )
-
-
-def _total(plan: FuzzPlan, counts: dict[int, dict[str, Any]]) -> dict[str, MachineStats]:
-    totals = {name: MachineStats() for name in plan.machines}
-    for per_machine in counts.values():
-        for name, data in per_machine.items():
-            totals[name] = totals[name].merge(MachineStats.from_json(data))
-    return totals
 
 
 @contextmanager

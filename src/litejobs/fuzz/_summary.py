@@ -23,8 +23,11 @@ class FuzzSummary:
     machines: dict[str, MachineStats]
     rules_total: dict[str, int]
     interrupted: bool = False
-    #: Processes that could not start, with why.
+    #: Processes that could not start or died, with why.
     errors: tuple[str, ...] = ()
+    #: Processes killed for running past the deadline's grace or a second
+    #: Ctrl-C; their last counts stand.
+    killed: int = 0
 
     @property
     def failures(self) -> int:
@@ -47,6 +50,7 @@ class FuzzSummary:
             "interrupted": self.interrupted,
             "failures": self.failures,
             "errors": list(self.errors),
+            "killed": self.killed,
             "machines": {
                 name: {
                     "examples": stats.examples,
@@ -104,8 +108,10 @@ class FuzzSummary:
             if missing > 0:
                 lines.append(f"- {missing} rule(s) never ran")
             lines.append("")
+        if self.killed:
+            lines += [f"{self.killed} process(es) killed at the end; their last counts stand.", ""]
         if self.errors:
-            lines += ["## Processes that did not start", ""] + [f"- {e}" for e in self.errors]
+            lines += ["## Processes that failed", ""] + [f"- {e}" for e in self.errors] + [""]
         if self.failures:
             lines += [
                 "Every failure is saved in the example database; `pytest` pointed at it "

@@ -554,9 +554,16 @@ def interleaving_machine(
             if errors:
                 raise errors[0]
 
-    # The name keys the example database (the class's source cannot be
-    # found), so the two choosers must not share their saved failures.
-    name = "InterleavingMachine" if chooser == "hypothesis" else "InterleavingMachinePCT"
-    InterleavingMachine.__name__ = InterleavingMachine.__qualname__ = name
+    # Hypothesis keys saved examples by a class's source, or by its name when
+    # it has none. A class made by type() has none on any Python, so each
+    # variant's name is its key: the choosers and lengths never share (and
+    # so never delete) each other's saved failures.
+    name = "InterleavingMachine" + ("PCT" if chooser == "pct" else "")
+    name += f"{steps}Steps" if steps != STEPS else ""
+    machine = type(
+        name,
+        (InterleavingMachine,),
+        {"__qualname__": name, "__doc__": interleaving_machine.__doc__},
+    )
     # Races need few steps; short examples run faster and shrink further.
-    return settings(stateful_step_count=steps)(InterleavingMachine)
+    return settings(stateful_step_count=steps)(machine)

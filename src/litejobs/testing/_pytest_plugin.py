@@ -1,26 +1,27 @@
-"""The litejobs pytest plugin (entry point ``pytest11``), active wherever
-litejobs is installed.
+"""The litejobs pytest plugin (entry point ``pytest11``), loaded wherever
+litejobs is installed, so it changes nothing unless asked.
 
-It registers the project's Hypothesis profiles and loads one explicitly;
-points the example database at a shared one (``--litejobs-db``) so that
-failures found by ``litejobs fuzz`` or the nightly replay here; applies a
-seeded bug for a session (``--litejobs-mutant``); gives fixtures for a
-database file on a virtual clock; and defines the ``litejobs_slow`` marker,
-whose properties the ``ci`` profile leaves out.
+Always: fixtures for a database file on a virtual clock, and the
+``litejobs_slow`` marker, whose tests run only under the ``nightly`` profile
+or with ``--litejobs-slow``. When a project opts in (``litejobs_profiles =
+true`` in its pytest configuration, or ``LITEJOBS_PROFILE`` set): the
+project's Hypothesis profiles, one loaded explicitly. On request:
+``--litejobs-db`` replays failures found by ``litejobs fuzz`` from a shared
+example database, and ``--litejobs-mutant`` applies a seeded bug.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
-from hypothesis import settings
 
 from litejobs._clock import VirtualClock
 from litejobs._db import Database
-from litejobs.testing._profiles import default_profile, register_profiles
 
 #: Where the virtual clock of the fixtures starts: a real epoch time in UTC
 #: milliseconds, so that stored times look like the ones production writes.
@@ -28,10 +29,17 @@ CLOCK_START_MS = 1_700_000_000_000
 
 _mutant_stack = pytest.StashKey[ExitStack]()
 _profile_key = pytest.StashKey[str]()
+_shared_key = pytest.StashKey[Any]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    register_profiles()  # before Hypothesis's plugin loads --hypothesis-profile
+    parser.addini(
+        "litejobs_profiles",
+        type="bool",
+        default=False,
+        help="register litejobs' Hypothesis profiles and load one (LITEJOBS_PROFILE, else "
+        "ci under CI, else dev)",
+    )
     group = parser.getgroup("litejobs")
     group.addoption(
         "--litejobs-db",
@@ -47,42 +55,68 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="run with a seeded bug from litejobs.testing.MUTANTS applied",
     )
+    group.addoption(
+        "--litejobs-slow",
+        action="store_true",
+        help="also run tests marked litejobs_slow (the nightly profile always does)",
+    )
 
 
-@pytest.hookimpl(tryfirst=True)  # so Hypothesis's own options apply on top
+@pytest.hookimpl(tryfirst=True)  # before Hypothesis's plugin reads --hypothesis-profile
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "litejobs_slow: a long property, run by the dev and nightly profiles, not ci"
+        "markers", "litejobs_slow: a long property; run under nightly or with --litejobs-slow"
     )
-    profile = config.getoption("hypothesis_profile", None)
-    if profile is None:
-        profile = default_profile()
-        settings.load_profile(profile)
-    config.stash[_profile_key] = profile
-    name = config.getoption("litejobs_mutant")
-    if name:
+    wanted = config.getini("litejobs_profiles") or "LITEJOBS_PROFILE" in os.environ
+    shared = config.getoption("litejobs_db")
+    mutant_name = config.getoption("litejobs_mutant")
+    if not (wanted or shared or mutant_name):
+        return
+    try:
+        from hypothesis import settings
+
+        from litejobs.testing._profiles import default_profile, register_profiles
+    except ImportError as exc:
+        raise pytest.UsageError(
+            f"litejobs' profiles and options need the test extra ({exc.name} is missing): "
+            "python3 -m pip install 'litejobs[test]'"
+        ) from None
+    if wanted:
+        register_profiles()
+        profile = config.getoption("hypothesis_profile", None)
+        if profile is None:
+            profile = default_profile()
+            settings.load_profile(profile)
+        config.stash[_profile_key] = profile
+    if shared:
+        from litejobs._errors import ConfigError
+        from litejobs.fuzz._databases import default_database, shared_database
+
+        try:
+            config.stash[_shared_key] = shared_database(default_database(), shared)
+        except ConfigError as exc:
+            raise pytest.UsageError(f"--litejobs-db: {exc}") from None
+    if mutant_name:
         from litejobs.testing._mutants import MUTANTS, mutant
 
-        if name not in MUTANTS:
+        if mutant_name not in MUTANTS:
             raise pytest.UsageError(
-                f"--litejobs-mutant: no mutant {name!r}; known: {', '.join(MUTANTS)}"
+                f"--litejobs-mutant: no mutant {mutant_name!r}; known: {', '.join(MUTANTS)}"
             )
         stack = ExitStack()
-        stack.enter_context(mutant(name))
+        stack.enter_context(mutant(mutant_name))
         config.stash[_mutant_stack] = stack
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    shared = session.config.getoption("litejobs_db")
-    if shared:
-        from litejobs.fuzz._databases import default_database, shared_database
+    database = session.config.stash.get(_shared_key, None)
+    if database is not None:
+        from hypothesis import settings
 
         # On top of whatever profile and options are in force. Replaying needs
         # a database, and a derandomized profile has none.
         name = f"{settings.get_current_profile_name()}+shared"
-        settings.register_profile(
-            name, database=shared_database(default_database(), shared), derandomize=False
-        )
+        settings.register_profile(name, database=database, derandomize=False)
         settings.load_profile(name)
 
 
@@ -93,7 +127,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    lines = [f"litejobs: Hypothesis profile {config.stash.get(_profile_key, '?')}"]
+    lines = []
+    if _profile_key in config.stash:
+        lines.append(f"litejobs: Hypothesis profile {config.stash[_profile_key]}")
     if config.getoption("litejobs_db"):
         from litejobs.fuzz._databases import redact
 
@@ -105,12 +141,18 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.stash.get(_profile_key, None) != "ci":
+    if config.getoption("litejobs_slow") or _current_profile(config) == "nightly":
         return
     slow = [item for item in items if item.get_closest_marker("litejobs_slow")]
     if slow:
         config.hook.pytest_deselected(items=slow)
         items[:] = [item for item in items if not item.get_closest_marker("litejobs_slow")]
+
+
+def _current_profile(config: pytest.Config) -> str | None:
+    if _profile_key in config.stash:
+        return config.stash[_profile_key]
+    return config.getoption("hypothesis_profile", None)
 
 
 @pytest.fixture
