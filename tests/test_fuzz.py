@@ -149,12 +149,16 @@ def test_a_mutant_found_by_fuzz_is_replayed_and_shrunk_by_plain_pytest(tmp_path)
     assert "invariant 2 (exclusive lease)" in replay.stdout
 
 
+def _ten_minute_run(cwd, machine: str) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "litejobs", "fuzz", "--budget", "10m", "--jobs", "2"]
+    command += ["--machines", machine, "--report", "report"]
+    return subprocess.Popen(
+        command, cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
 def test_ctrl_c_stops_the_run_and_still_writes_the_summary(tmp_path):
-    process = subprocess.Popen(
-        [sys.executable, "-m", "litejobs", "fuzz", "--budget", "10m", "--jobs", "2",
-         "--machines", "queue", "--report", "report"],
-        cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    process = _ten_minute_run(tmp_path, "queue")
     try:
         assert process.stderr is not None
         first = process.stderr.readline()  # the first progress line: the run is on
@@ -253,11 +257,7 @@ def test_each_machine_variant_has_one_database_key_shared_with_its_test():
 
 
 def test_a_second_ctrl_c_kills_the_processes_and_that_is_not_a_failure(tmp_path):
-    process = subprocess.Popen(
-        [sys.executable, "-m", "litejobs", "fuzz", "--budget", "10m", "--jobs", "2",
-         "--machines", "interleaving", "--report", "report"],
-        cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    process = _ten_minute_run(tmp_path, "interleaving")
     try:
         assert process.stderr is not None
         assert process.stderr.readline().startswith("fuzz ")

@@ -123,10 +123,7 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="a directory or redis://host:port/db (default: pytest's .hypothesis/examples)",
     )
-    fuzz.add_argument(
-        "--machines", default=None, help="comma-separated: queue,hierarchy,interleaving (all)"
-    )
-    fuzz.add_argument("--chooser", default="hypothesis", choices=["hypothesis", "pct"])
+    _machine_options(fuzz)
     fuzz.add_argument(
         "--profile",
         default=None,
@@ -152,10 +149,7 @@ def _parser() -> argparse.ArgumentParser:
             "print the median examples/s of each and their ratio."
         ),
     )
-    fuzz_bench.add_argument(
-        "--machines", default=None, help="comma-separated: queue,hierarchy,interleaving (all)"
-    )
-    fuzz_bench.add_argument("--chooser", default="hypothesis", choices=["hypothesis", "pct"])
+    _machine_options(fuzz_bench)
     fuzz_bench.add_argument("--profile", default="ci", choices=["dev", "ci", "nightly"])
     fuzz_bench.add_argument("--rounds", type=_positive, default=3)
     fuzz_bench.add_argument(
@@ -163,6 +157,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     fuzz_bench.add_argument("--json", action="store_true", help="print a JSON list instead")
     return parser
+
+
+def _machine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--machines", default=None, help="comma-separated: queue,hierarchy,interleaving (all)"
+    )
+    parser.add_argument("--chooser", default="hypothesis", choices=["hypothesis", "pct"])
 
 
 def _workers(text: str) -> list[int]:
