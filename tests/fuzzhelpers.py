@@ -51,8 +51,11 @@ def pytest_replay(cwd: Path, module: str, *args: str) -> subprocess.CompletedPro
 
 
 def reused_failures(output: str) -> int:
-    """Failing examples in the reuse phase: the ones replayed from a database."""
+    """Failing examples in the reuse phase: the ones replayed from a database.
+    Hypothesis's statistics say "N passing examples, M failing examples" in
+    older releases and "N passing, M failing, and K invalid test cases" in
+    newer ones."""
     match = re.search(
-        r"during reuse phase.*?(\d+) passing examples, (\d+) failing examples", output, re.S
+        r"during reuse phase.*?(\d+) passing(?: examples)?, (\d+) failing", output, re.S
     )
     return int(match[2]) if match else 0
