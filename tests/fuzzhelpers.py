@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 PROPERTIES = Path(__file__).resolve().parent.parent / "properties"
@@ -59,3 +60,10 @@ def reused_failures(output: str) -> int:
         r"during reuse phase.*?(\d+) passing(?: examples)?, (\d+) failing", output, re.S
     )
     return int(match[2]) if match else 0
+
+
+def stuck_in_one_input(plan, index, deadline, stop, outbox) -> None:
+    """A fuzz process whose current input never ends: only a kill stops it.
+    Module-level so that a spawned process can import it."""
+    outbox.send(("stats", {}))
+    threading.Event().wait()

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
 
 import pytest
 
-from fuzzhelpers import env, fuzz, pytest_replay, reused_failures
+from fuzzhelpers import env, fuzz, pytest_replay, reused_failures, stuck_in_one_input
 from litejobs import ConfigError
 from litejobs.fuzz import (
     FuzzPlan,
@@ -19,6 +20,7 @@ from litejobs.fuzz import (
     FuzzSummary,
     LiveDisplay,
     MachineStats,
+    _runner,
     open_database,
     parse_budget,
     render,
@@ -74,6 +76,8 @@ def test_a_redis_password_never_reaches_a_report():
     assert redact("redis://db.example:6379/0") == "redis://db.example:6379/0"
     assert redact("/tmp/examples") == "/tmp/examples"
     assert redact("redis://h:1/0?password=s3cret&ssl=1") == "redis://h:1/0?password=***&ssl=1"
+    assert redact("redis://:pa/ss#wo?rd@h:1/0") == "redis://:***@h:1/0"  # unescaped
+    assert redact("redis://:s3cret@h:99999999/0") == "redis://:***@h:99999999/0"  # bad port
     with pytest.raises(ConfigError) as refused:
         open_database("redis://:s3cret@127.0.0.1:1/0")
     assert "s3cret" not in str(refused.value)
@@ -104,7 +108,7 @@ def test_the_correct_code_runs_the_whole_budget_and_passes(tmp_path):
     plan = FuzzPlan(budget_s=4, database=str(tmp_path / "db"), jobs=2, machines=("queue",), seed=1)
     summary = run_fuzz(plan, on_progress=seen.append)
     assert not summary.failed, summary.to_markdown()
-    assert (summary.killed, summary.errors) == (0, ())
+    assert summary.errors == ()  # a kill past the grace on a slow machine is no error
     assert plan.budget_s <= summary.elapsed_s <= plan.budget_s + grace_s(plan.budget_s) + 2
     queue = summary.machines["queue"]
     assert queue.examples > 0
@@ -256,21 +260,39 @@ def test_each_machine_variant_has_one_database_key_shared_with_its_test():
     assert key(interleaving_machine(chooser="pct")) == variants["pct"]
 
 
-def test_a_second_ctrl_c_kills_the_processes_and_that_is_not_a_failure(tmp_path):
-    process = _ten_minute_run(tmp_path, "interleaving")
-    try:
-        assert process.stderr is not None
-        assert process.stderr.readline().startswith("fuzz ")
-        process.send_signal(signal.SIGINT)
-        # Python runs one handler for signals that arrive together: wait for
-        # the first to be acted on.
-        assert process.stderr.readline().startswith("stopping: ")
-        process.send_signal(signal.SIGINT)
-        _, err = process.communicate(timeout=120)
-    finally:
-        process.kill()
-    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
-    assert process.returncode == 0, err
-    assert summary["interrupted"] is True
-    assert summary["errors"] == []
-    assert summary["killed"] >= 1, summary  # killed, and not counted as failed
+def test_a_second_ctrl_c_kills_processes_stuck_in_an_input_and_that_is_not_a_failure(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(_runner, "fuzz_process", stuck_in_one_input)
+    plan = FuzzPlan(budget_s=600, jobs=2, database=str(tmp_path / "db"), machines=("queue",))
+    stopping: list[bool] = []
+
+    def on_progress(progress: FuzzProgress) -> None:
+        stopping.append(progress.stopping)
+        # The first Ctrl-C as soon as the run is on; the second once the
+        # first has been acted on (Python runs one handler for signals that
+        # arrive together).
+        if len(stopping) == 1 or (stopping.count(True) == 1 and progress.stopping):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    summary = run_fuzz(plan, on_progress=on_progress)
+    assert summary.interrupted
+    assert summary.killed == 2  # both were stuck: only the second Ctrl-C ended them
+    assert summary.errors == ()  # killed, and not counted as failed
+    assert summary.elapsed_s < plan.budget_s
+
+
+def test_totals_count_failures_reported_after_the_last_snapshot_once_however_often_asked(
+    tmp_path,
+):
+    plan = FuzzPlan(budget_s=1, database=str(tmp_path / "db"), machines=("queue",))
+    fleet = _runner._Fleet(plan, deadline=0.0)  # no process is started
+    snapshot = MachineStats(examples=3)
+    snapshot.failed("X at f.py:1", "X: first")
+    fleet.handle(0, ("stats", {"queue": snapshot.to_json()}))
+    fleet.handle(0, ("failure", "queue", "X at f.py:1", "X: first"))
+    fleet.handle(0, ("failure", "queue", "X at f.py:1", "X: again"))  # after the snapshot
+    first, second = fleet.totals(), fleet.totals()
+    assert first == second
+    assert (first["queue"].examples, first["queue"].failures) == (3, 2)
+    assert first["queue"].messages == {"X at f.py:1": "X: first"}

@@ -41,8 +41,10 @@ def fuzz_process(
     machine, origin, message)`` at once, ``("error", text)`` if the process
     cannot start, and ``("done", counts)`` last. SIGINT is ignored here: the
     parent stops the loop between inputs, so an interrupt never lands inside
-    a test, where Hypothesis would save it as a failure."""
+    a test, where Hypothesis would save it as a failure. SIGTERM too: a
+    ``kill`` of the whole process group reaches the parent, which stops us."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     with contextlib.ExitStack() as stack:
         try:
             from litejobs.testing._mutants import mutant

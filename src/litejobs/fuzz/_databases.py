@@ -68,14 +68,16 @@ def _redis(address: str) -> ExampleDatabase:
 
 def redact(address: str) -> str:
     """``address`` with any password, in the user part or the query, replaced
-    by ``***``, for reports, logs and errors."""
-    parts = urlsplit(address)
-    if "://" not in address:
+    by ``***``, for reports, logs and errors. The user part ends at the last
+    ``@``, so a password with an unescaped ``/``, ``#`` or ``?`` is hidden
+    too (a ``@`` later in the query hides a little more than it must)."""
+    scheme, sep, rest = address.partition("://")
+    if not sep:
         return address
-    if parts.password:
-        host = parts.hostname or ""
-        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-        parts = parts._replace(netloc=netloc)
+    userinfo, at, hostpart = rest.rpartition("@")
+    if at and ":" in userinfo:
+        rest = f"{userinfo.partition(':')[0]}:***@{hostpart}"
+    parts = urlsplit(f"{scheme}://{rest}")
     query = parse_qsl(parts.query, keep_blank_values=True)
     if any(key == "password" for key, _ in query):
         hidden = [(key, "***" if key == "password" else value) for key, value in query]

@@ -10,14 +10,14 @@ from litejobs.fuzz._runner import FuzzProgress
 
 #: Seconds between lines when the output is not a terminal.
 LOG_EVERY_S = 10.0
-STOPPING = "stopping: each process ends after its current input; Ctrl-C again kills them"
+STOPPING = "stopping: each process ends after its current input; a Ctrl-C now kills them"
 
 
 def render(progress: FuzzProgress) -> list[str]:
     """The view as lines: a progress bar, a row per machine, the failures."""
     fraction = min(progress.elapsed_s / progress.budget_s, 1.0)
     bar = "#" * round(fraction * 30)
-    state = "stopping (Ctrl-C again kills)" if progress.stopping else "fuzzing"
+    state = "stopping (Ctrl-C kills)" if progress.stopping else "fuzzing"
     lines = [
         f"{state} [{bar:<30}] {fraction:4.0%}  "
         f"{progress.elapsed_s:,.0f}/{progress.budget_s:,.0f} s",

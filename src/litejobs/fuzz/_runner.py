@@ -16,7 +16,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -31,6 +31,8 @@ from litejobs.testing._registry import build_machine, rule_names
 
 #: How often the caller hears of progress, in seconds.
 PROGRESS_EVERY_S = 0.25
+#: How long a process whose pipe closed may take to exit before it is killed.
+_EXIT_WAIT_S = 1.0
 
 
 @attrs.frozen
@@ -115,9 +117,14 @@ class _Fleet:
                 self.stop.value = 1
 
     def ended(self, index: int) -> None:
+        """Its pipe closed or broke: it has exited, or must now."""
         process = self.processes[index]
-        process.join()
-        if process.exitcode and index not in self.killed:
+        process.join(timeout=_EXIT_WAIT_S)
+        if process.is_alive():  # a garbled message from a live process
+            self.errors.append(f"process {index} sent a message that could not be read")
+            self.kill(index)
+            process.join()
+        elif process.exitcode and index not in self.killed:
             self.errors.append(f"process {index} died with exit code {process.exitcode}")
 
     def enforce_deadline(self, now: float) -> None:
@@ -244,4 +251,6 @@ def _signals_routed(handler: Callable[[int, object], None]) -> Iterator[Callable
         yield started
     finally:
         for sig, action in previous.items():
-            signal.signal(sig, action)
+            # None: set outside Python; the default is the closest we can give back.
+            with suppress(ValueError, OSError):
+                signal.signal(sig, signal.SIG_DFL if action is None else action)
