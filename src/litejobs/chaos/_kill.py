@@ -1,0 +1,388 @@
+"""Kill trials: worker processes on one file, SIGKILLed at chosen and random
+instants and restarted, then the file checked against what was handed in.
+
+One trial::
+
+    seed the tree ──> start P victim processes (2 workers each)
+         │            each may carry a kill point (see litejobs.chaos._victim)
+         │            or be killed by this process after a random delay
+         ├──> a victim dies by SIGKILL: start a fresh one (next kill from the plan)
+         ├──> every victim exits 0: the tree is finished
+         └──> the deadline passes: kill them all (what is left counts as stuck)
+    check the file: lost, double effects, stuck, roll-ups, integrity
+
+A trial's plan comes from its seed (``seed + i`` for the i-th), so
+``--seed S --trials 1`` plans trial S again; the random-instant kills land
+where the machine's speed puts them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import select
+import signal
+import subprocess
+import tempfile
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import attrs
+
+from litejobs._db import Database
+from litejobs._errors import ConfigError
+from litejobs.chaos._tree import TreeCheck, TreeShape, check_tree, seed_tree
+from litejobs.chaos._victim import POINTS, VictimSpec
+
+#: A kill point, or "random": this process kills the victim after a delay.
+KILL_POINTS = ("random", *POINTS)
+#: The occurrences a point's kill is drawn from. Small, so that it happens
+#: before the tree is finished: a trial's processes see a few dozen claims
+#: and commits, and only ``children`` spawns between them.
+_AT = {"receive": 12, "handler": 12, "effect": 12, "batch": 3, "delete": 12, "commit": 40}
+_RANDOM_S = (0.05, 1.2)
+#: A trial whose victims crash this often (exit with an error, not a kill)
+#: stops: something is broken, and restarting it would only hide that.
+MAX_CRASHES = 3
+
+
+@attrs.frozen
+class KillConfig:
+    """The settings of a run of kill trials."""
+
+    trials: int = 20
+    seed: int = 0
+    processes: int = 2
+    workers: int = 2
+    kills: int = 4  # per trial
+    shape: TreeShape = attrs.field(factory=TreeShape)
+    visibility_timeout: float = 1.0
+    deadline_s: float = 120.0  # per trial
+    mutant: str | None = None  # a seeded bug for the victims to run
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("trials", "processes", "workers"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.kills < 0:
+            raise ConfigError(f"kills must be >= 0, got {self.kills}")
+
+
+@attrs.frozen
+class PlannedKill:
+    """One kill of a trial's plan: where, and at which occurrence or delay."""
+
+    point: str
+    at: int = 1
+    after_s: float = 0.0
+
+    def describe(self) -> str:
+        return (
+            f"random@{self.after_s:.2f}s" if self.point == "random" else f"{self.point}#{self.at}"
+        )
+
+
+def plan_kills(seed: int, kills: int) -> list[PlannedKill]:
+    """The kills of the trial with ``seed``, in the order victims get them."""
+    rng = random.Random(seed)
+    plan = []
+    for _ in range(kills):
+        point = rng.choice(KILL_POINTS)
+        if point == "random":
+            plan.append(PlannedKill(point, after_s=round(rng.uniform(*_RANDOM_S), 3)))
+        else:
+            plan.append(PlannedKill(point, at=rng.randint(1, _AT[point])))
+    return plan
+
+
+@attrs.frozen
+class TrialResult:
+    """One trial: what was planned, what happened, what the file said."""
+
+    trial: int
+    seed: int
+    planned: tuple[PlannedKill, ...]
+    killed: tuple[str, ...]  # the points of the kills that happened
+    crashes: tuple[str, ...]  # victims that exited with an error: the last line of stderr
+    timed_out: bool
+    check: TreeCheck
+    wall_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.check.ok and not self.crashes and not self.timed_out
+
+
+@attrs.define
+class _Slot:
+    """One victim process, and the kill it carries."""
+
+    proc: subprocess.Popen[bytes]
+    kill: PlannedKill | None
+    started: float
+    stderr: Path
+    pidfd: int | None = None
+
+    @property
+    def kill_at(self) -> float | None:
+        if self.kill is None or self.kill.point != "random":
+            return None
+        return self.started + self.kill.after_s
+
+
+def run_trial(
+    config: KillConfig, trial: int, directory: Path, *, plan: list[PlannedKill] | None = None
+) -> TrialResult:
+    """Run trial ``trial`` (seed ``config.seed + trial``) in ``directory``,
+    with the seed's kills unless ``plan`` is given."""
+    seed = config.seed + trial
+    plan = plan_kills(seed, config.kills) if plan is None else plan
+    directory.mkdir(parents=True, exist_ok=True)
+    path, log = directory / "chaos.db", directory / "runs.log"
+    began = time.monotonic()
+    with Database.open(path, seed=seed) as db:
+        parents = seed_tree(db, config.shape)
+    spec = VictimSpec(
+        db=str(path),
+        log=str(log),
+        shape=config.shape,
+        workers=config.workers,
+        visibility_timeout=config.visibility_timeout,
+        mutant=config.mutant,
+    )
+    kills = deque(plan)
+    killed: list[str] = []
+    crashes: list[str] = []
+    launched = 0
+
+    def launch() -> _Slot:
+        nonlocal launched
+        kill = kills.popleft() if kills else None
+        launched += 1
+        stderr = directory / f"victim-{launched}.err"
+        victim = attrs.evolve(
+            spec,
+            seed=seed * 1000 + launched,
+            die=kill.point if kill and kill.point != "random" else None,
+            at=kill.at if kill else 1,
+        )
+        with stderr.open("wb") as err:
+            # A process group of its own: a Ctrl-C at the terminal reaches
+            # this process, which ends the trial, and not the victims.
+            proc = subprocess.Popen(
+                victim.to_argv(), stdin=subprocess.DEVNULL, stderr=err, process_group=0
+            )
+        return _Slot(proc, kill, time.monotonic(), stderr, _pidfd(proc.pid))
+
+    slots = [launch() for _ in range(config.processes)]
+    deadline = began + config.deadline_s
+    timed_out = False
+    try:
+        while slots and len(crashes) < MAX_CRASHES:
+            now = time.monotonic()
+            if now >= deadline:
+                timed_out = True
+                break
+            for slot in list(slots):
+                code = slot.proc.poll()
+                if code is None:
+                    if slot.kill_at is not None and now >= slot.kill_at:
+                        slot.proc.kill()
+                        slot.proc.wait()
+                        code = slot.proc.returncode
+                    else:
+                        continue
+                _close(slot)
+                slots.remove(slot)
+                if code == -signal.SIGKILL:
+                    killed.append(slot.kill.point if slot.kill else "unplanned")
+                    slots.append(launch())
+                elif code != 0:
+                    crashes.append(_last_line(slot.stderr) or f"exit status {code}")
+                    if len(crashes) < MAX_CRASHES:
+                        slots.append(launch())
+                # exit 0: the tree is finished, as far as that victim saw
+            _wait(slots, min([deadline, *(s.kill_at for s in slots if s.kill_at)]))
+    finally:
+        for slot in slots:
+            slot.proc.kill()
+            slot.proc.wait()
+            _close(slot)
+    check = check_tree(path, config.shape, parents, log)
+    return TrialResult(
+        trial=trial,
+        seed=seed,
+        planned=tuple(plan),
+        killed=tuple(killed),
+        crashes=tuple(crashes),
+        timed_out=timed_out,
+        check=check,
+        wall_s=time.monotonic() - began,
+    )
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):  # not Linux 5.3+: fall back to polling
+        return None
+
+
+def _close(slot: _Slot) -> None:
+    if slot.pidfd is not None:
+        os.close(slot.pidfd)
+        slot.pidfd = None
+
+
+def _wait(slots: list[_Slot], until: float) -> None:
+    """Block until a victim exits or ``until`` (monotonic) comes."""
+    timeout = max(0.0, until - time.monotonic())
+    fds = [s.pidfd for s in slots if s.pidfd is not None]
+    if slots and len(fds) == len(slots):
+        select.select(fds, [], [], timeout)
+    else:
+        time.sleep(min(timeout, 0.02))
+
+
+def _last_line(path: Path) -> str:
+    lines = path.read_text("utf-8", errors="replace").strip().splitlines()
+    return lines[-1][:300] if lines else ""
+
+
+@attrs.frozen
+class KillReport:
+    """Every trial of a run, and their totals."""
+
+    config: KillConfig
+    trials: tuple[TrialResult, ...]
+    interrupted: bool = False
+
+    @property
+    def failed(self) -> list[TrialResult]:
+        return [t for t in self.trials if not t.ok]
+
+    def total(self, field: str) -> int:
+        return sum(getattr(t.check, field) for t in self.trials)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "config": attrs.asdict(self.config),
+            "interrupted": self.interrupted,
+            "trials": [
+                {
+                    "trial": t.trial,
+                    "seed": t.seed,
+                    "planned": [k.describe() for k in t.planned],
+                    "killed": list(t.killed),
+                    "crashes": list(t.crashes),
+                    "timed_out": t.timed_out,
+                    "ok": t.ok,
+                    "wall_s": round(t.wall_s, 3),
+                    "check": {
+                        **attrs.asdict(t.check),
+                        "lost": t.check.lost,
+                        "double_effects": t.check.double_effects,
+                    },
+                }
+                for t in self.trials
+            ],
+        }
+
+
+def run_kill(
+    config: KillConfig,
+    directory: Path | None = None,
+    *,
+    progress: Callable[[TrialResult], None] | None = None,
+) -> KillReport:
+    """Run ``config.trials`` kill trials, each on a fresh file; Ctrl-C ends
+    the run after the trial under way, with the trials done so far."""
+    results: list[TrialResult] = []
+    with _workdir(directory) as where:
+        try:
+            for trial in range(config.trials):
+                result = run_trial(config, trial, where / f"trial-{config.seed + trial}")
+                results.append(result)
+                if progress:
+                    progress(result)
+        except KeyboardInterrupt:
+            return KillReport(config, tuple(results), interrupted=True)
+    return KillReport(config, tuple(results))
+
+
+@contextlib.contextmanager
+def _workdir(directory: Path | None) -> Iterator[Path]:
+    """The directory trials run in: ``directory``, or a temporary one removed after."""
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+        yield directory
+        return
+    with tempfile.TemporaryDirectory(prefix="litejobs-chaos-") as tmp:
+        yield Path(tmp)
+
+
+def format_kill(report: KillReport) -> str:
+    """The report as a person reads it: kills by point, then the totals."""
+    config, trials = report.config, report.trials
+    shape = config.shape
+    planned = Counter(k.point for t in trials for k in t.planned)
+    done = Counter(p for t in trials for p in t.killed)
+    lines = [
+        f"litejobs chaos kill: {len(trials)} trials from seed {config.seed}"
+        + (" (interrupted)" if report.interrupted else ""),
+        f"each: {config.processes} processes x {config.workers} workers, "
+        f"{shape.parents} parents x {shape.children} children, each spawning {shape.fan_out} "
+        f"({shape.jobs} jobs), {config.kills} kills planned",
+        "",
+        "| kill point | planned | happened |",
+        "|---|---:|---:|",
+        *(f"| {p} | {planned[p]} | {done[p]} |" for p in KILL_POINTS),
+        f"| all | {sum(planned.values())} | {sum(done.values())} |",
+        "",
+        "| check | total |",
+        "|---|---:|",
+        f"| jobs handed in | {sum(t.check.expected for t in trials)} |",
+        f"| jobs completed | {report.total('completed')} |",
+        f"| handler runs (a job may run more than once) | {report.total('runs')} |",
+        f"| lost | {sum(t.check.lost for t in trials)} |",
+        f"| double effects | {sum(t.check.double_effects for t in trials)} |",
+        f"| stuck | {report.total('stuck')} |",
+        f"| parents rolled up wrong | {report.total('rollups_wrong')} |",
+        f"| messages left | {report.total('messages_left')} |",
+        f"| integrity ok | {sum(t.check.integrity == 'ok' for t in trials)}/{len(trials)} |",
+        f"| victims that crashed | {sum(len(t.crashes) for t in trials)} |",
+        f"| trials past the deadline | {sum(t.timed_out for t in trials)} |",
+    ]
+    walls = sorted(t.wall_s for t in trials)
+    if walls:
+        lines += [
+            "",
+            f"trial wall time: median {walls[len(walls) // 2]:.2f} s, max {walls[-1]:.2f} s",
+        ]
+    for t in report.failed:
+        lines.append(f"FAILED trial seed {t.seed}: {_problems(t)}")
+    return "\n".join(lines)
+
+
+def _problems(t: TrialResult) -> str:
+    c = t.check
+    found = [
+        f"{name} {value}"
+        for name, value in (
+            ("lost", c.lost),
+            ("double effects", c.double_effects),
+            ("stuck", c.stuck),
+            ("roll-ups wrong", c.rollups_wrong),
+            ("messages left", c.messages_left),
+        )
+        if value
+    ]
+    if c.integrity != "ok":
+        found.append(f"integrity: {c.integrity}")
+    found += [f"victim crashed: {line}" for line in t.crashes]
+    if t.timed_out:
+        found.append("past the deadline")
+    return ", ".join(found)

@@ -1,0 +1,198 @@
+"""The kill harness and the lock storm, on real processes and real files
+(small sizes: `litejobs chaos kill --trials 200` is the full run)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import litejobs
+from litejobs import _cli
+from litejobs._db import rows
+from litejobs.chaos import (
+    KILL_POINTS,
+    KillConfig,
+    PlannedKill,
+    StormConfig,
+    TreeShape,
+    check_tree,
+    plan_kills,
+    run_storm,
+    run_trial,
+    seed_tree,
+)
+from litejobs.chaos._tree import KIND, RunLog, tree_queue
+
+SMALL = TreeShape(parents=2, children=4, fan_out=2, work_s=0.005)
+
+
+# -- the check ------------------------------------------------------------------
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """A tree finished by hand, as a correct run leaves it, and its run log."""
+    path, log = tmp_path / "tree.db", tmp_path / "runs.log"
+    with litejobs.Database.open(path) as db:
+        parents = seed_tree(db, SMALL)
+        store, queue, runs = litejobs.JobStore(db), tree_queue(db), RunLog(log)
+        while (message := queue.receive(visibility_timeout=30)) is not None:
+            job = store.start(message.body["job_id"], message.receipt)
+            if job.payload["depth"] == 0:
+                keys = [f"{job.payload['key']}.{j}" for j in range(SMALL.fan_out)]
+                store.spawn_children(
+                    job.parent_id,
+                    KIND,
+                    [{"key": k, "depth": 1} for k in keys],
+                    queue=queue,
+                    keys=keys,
+                )
+            store.complete(job.id, message.receipt, {"run": runs.record(job.id)})
+        runs.close()
+    return path, log, parents
+
+
+def damage(path, *statements):
+    with litejobs.Database.open(path) as db:
+        for sql, params in statements:
+            db.write(lambda conn, sql=sql, params=params: rows(conn, sql, params))
+
+
+def test_a_finished_tree_checks_clean(tree):
+    path, log, parents = tree
+    check = check_tree(path, SMALL, parents, log)
+    assert check.ok
+    assert check.completed == check.expected == SMALL.jobs == 2 * (4 + 4 * 2)
+    assert check.runs == check.expected
+
+
+def test_a_missing_child_is_lost_and_an_extra_one_a_double_effect(tree):
+    path, log, parents = tree
+    damage(
+        path,
+        ("DELETE FROM jobs WHERE key = '0.1' AND parent_id = ?", (parents[0],)),
+        (
+            "INSERT INTO jobs (parent_id, kind, status, payload, key, created_at, result) "
+            "SELECT parent_id, kind, status, payload, '0.9', created_at, result FROM jobs "
+            "WHERE key = '0.0' AND parent_id = ?",
+            (parents[0],),
+        ),
+    )
+    check = check_tree(path, SMALL, parents, log)
+    assert (check.missing, check.extra, check.lost) == (1, 1, 1)
+    # the copy's result names a run of another job: it is unrecorded too
+    assert (check.unrecorded, check.double_effects) == (1, 2)
+    assert not check.ok
+
+
+def test_an_active_job_is_orphaned_without_a_message_and_stuck_with_one(tree):
+    path, log, parents = tree
+    damage(
+        path,
+        ("DROP TRIGGER jobs_terminal_is_final", ()),  # a bug could do what it forbids
+        ("UPDATE jobs SET status = 'running', message_id = NULL WHERE key = '1'", ()),
+        (
+            "INSERT INTO messages (queue, body, priority, created, timeout, max_receive) "
+            "VALUES ('chaos', '{}', 0, 0, 0, 3)",
+            (),
+        ),
+        (
+            "UPDATE jobs SET status = 'pending', message_id = "
+            "(SELECT max(id) FROM messages) WHERE key = '2' AND parent_id = ?",
+            (parents[0],),
+        ),
+    )
+    check = check_tree(path, SMALL, parents, log)
+    assert (check.orphaned, check.stuck, check.messages_left) == (2, 1, 1)
+    # the parents still say completed while children are active
+    assert check.rollups_wrong == 2
+
+
+def test_a_result_no_logged_run_produced_is_a_double_effect(tree):
+    path, log, parents = tree
+    damage(path, ("UPDATE jobs SET result = '{\"run\": \"1:999\"}' WHERE key = '3'", ()))
+    check = check_tree(path, SMALL, parents, log)
+    assert check.unrecorded == 2  # one per parent
+    assert check.double_effects == 2
+
+
+def test_a_torn_last_line_of_the_run_log_is_not_a_run(tmp_path):
+    log = tmp_path / "runs.log"
+    log.write_text("7 100:1\n8 100:2\n9 10")
+    assert RunLog.read(log) == {"7": {"100:1"}, "8": {"100:2"}}
+
+
+# -- kill trials ------------------------------------------------------------------
+
+
+def test_a_trials_kills_come_from_its_seed():
+    assert plan_kills(5, 6) == plan_kills(5, 6)
+    assert plan_kills(5, 6) != plan_kills(6, 6)
+    assert {k.point for seed in range(40) for k in plan_kills(seed, 4)} == set(KILL_POINTS)
+
+
+def test_processes_killed_at_every_point_lose_nothing(tmp_path):
+    plan = [
+        PlannedKill("receive", at=2),
+        PlannedKill("handler", at=2),
+        PlannedKill("effect", at=1),
+        PlannedKill("batch", at=1),
+        PlannedKill("delete", at=2),
+        PlannedKill("commit", at=4),
+        PlannedKill("random", after_s=0.8),
+    ]
+    result = run_trial(KillConfig(processes=2, kills=0), 0, tmp_path, plan=plan)
+    assert sorted(result.killed) == sorted(KILL_POINTS)
+    assert result.check.ok, result.check
+    assert result.ok
+    assert result.check.runs > result.check.expected  # killed handlers ran again
+
+
+def test_a_kill_between_saving_a_result_and_deleting_its_message_is_caught(tmp_path):
+    config = KillConfig(processes=1, mutant="save_and_delete_apart")
+    result = run_trial(config, 0, tmp_path, plan=[PlannedKill("delete", at=3)])
+    assert result.killed == ("delete",)
+    assert result.check.messages_left == 1
+    assert not result.ok
+
+
+def test_a_victim_that_keeps_crashing_fails_the_trial_instead_of_looping(tmp_path):
+    result = run_trial(KillConfig(processes=1, mutant="no_such_mutant"), 0, tmp_path, plan=[])
+    assert len(result.crashes) == 3
+    assert "no_such_mutant" in result.crashes[0]
+    assert not result.ok
+
+
+# -- the lock storm ---------------------------------------------------------------
+
+
+def test_a_small_storm_finishes_every_job_with_no_busy_error(tmp_path):
+    config = StormConfig(processes=3, workers=2, shape=TreeShape(4, 25, 1, 0.0))
+    result = run_storm(config, tmp_path)
+    assert result.crashes == ()
+    assert result.check.ok, result.check
+    assert len(result.completed_per_worker) == 6
+    assert sum(result.completed_per_worker) == result.check.completed == 200
+    assert result.busy_errors_surfaced == 0
+    assert result.operations >= 3 * 200  # receive, start and complete per job
+    assert sum(result.attempts.values()) == result.operations
+
+
+# -- the command ------------------------------------------------------------------
+
+
+def test_chaos_kill_prints_its_table_and_exits_0(capsys):
+    code = _cli.main(["chaos", "kill", "--trials", "1", "--seed", "7", "--children", "3"])
+    out = capsys.readouterr()
+    assert code == 0, out.out
+    assert "| lost | 0 |" in out.out
+    assert "| integrity ok | 1/1 |" in out.out
+    assert "[1/1] seed 7: ok" in out.err
+
+
+def test_chaos_kill_exits_1_when_a_trial_fails(capsys):
+    argv = ["chaos", "kill", "--trials", "1", "--kills", "0", "--mutant", "no_such_mutant"]
+    assert _cli.main([*argv, "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["trials"][0]["ok"] is False
