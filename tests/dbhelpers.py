@@ -14,10 +14,16 @@ def snapshot(db: litejobs.Database) -> dict[str, list]:
     """Every row litejobs keeps, for asserting that a refused call changed nothing."""
     conn = db.connection()
     return {
-        "messages": rows(conn, "SELECT * FROM messages ORDER BY id"),
-        "jobs": rows(conn, "SELECT * FROM jobs ORDER BY id"),
-        "sequence": rows(conn, "SELECT * FROM sqlite_sequence ORDER BY name"),
+        table: rows(conn, f"SELECT {_as_stored(conn, table)} FROM {table} ORDER BY {order}")
+        for table, order in [("messages", "id"), ("jobs", "id"), ("sqlite_sequence", "name")]
     }
+
+
+def _as_stored(conn, table: str) -> str:
+    """Every column, text as its bytes: a row written from outside may hold
+    text that is not UTF-8, which apsw cannot decode."""
+    names = [name for _, name, *_ in rows(conn, f"PRAGMA table_info({table})")]
+    return ", ".join(f"CAST({name} AS BLOB)" for name in names)
 
 
 def file_snapshot(path: Path) -> dict[str, bytes]:

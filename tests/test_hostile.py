@@ -7,10 +7,14 @@ import threading
 
 import apsw
 import pytest
+import trio
+import trio.testing
 from tests.dbhelpers import file_snapshot, snapshot
 
 import litejobs
-from litejobs._db import SCHEMA_VERSION
+from litejobs._db import SCHEMA_VERSION, rows
+from litejobs._worker import WorkerPool
+from litejobs.testing import InlineRuntime
 
 
 @pytest.fixture
@@ -124,6 +128,85 @@ def test_invalid_json_written_from_outside_is_a_payload_error_on_read(db, queue)
     db.connection().execute("UPDATE messages SET body = '{\"open\": ['")
     with pytest.raises(litejobs.InvalidPayloadError, match="holds invalid JSON"):
         queue.receive(visibility_timeout=1)
+
+
+# Rows written from outside: another tool, a bug, a bad disk. Each is refused
+# with InvalidPayloadError, and none may block the queue or stop a pool.
+NOT_UTF8 = "CAST(x'7bff7d' AS TEXT)"  # '{', a byte no UTF-8 text holds, '}'
+NOT_JSON = "'{\"open\": ['"
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"), [(NOT_UTF8, "not valid UTF-8"), (NOT_JSON, "invalid JSON")]
+)
+def test_an_unreadable_body_keeps_its_claim_and_reaches_the_dead_letters(
+    db, queue, clock, bad, why
+):
+    first = queue.send("poison")
+    queue.send("fine")
+    rows(db.connection(), f"UPDATE messages SET body = {bad} WHERE id = ?", (first,))
+    for receive in range(1, queue.max_receive + 1):
+        with pytest.raises(litejobs.InvalidPayloadError, match=f"message {first} holds .*{why}"):
+            queue.receive(visibility_timeout=1)
+        if receive == 1:  # the claim stands: the message behind it is not blocked
+            queue.delete(queue.receive(visibility_timeout=1).receipt)
+        received = rows(db.connection(), "SELECT received FROM messages WHERE id = ?", (first,))
+        assert received == [(receive,)]
+        clock.advance(1)
+    queue.send("after")
+    assert queue.receive(visibility_timeout=1).body == "after"
+    assert queue.stats().dead == 1
+
+
+def test_a_batch_with_an_unreadable_body_names_it(db, queue):
+    ids = queue.send_batch(["a", "b", "c"])
+    rows(db.connection(), f"UPDATE messages SET body = {NOT_UTF8} WHERE id = ?", (ids[1],))
+    with pytest.raises(litejobs.InvalidPayloadError, match=f"message {ids[1]} holds"):
+        queue.receive_batch(3, visibility_timeout=1)
+
+
+def test_an_unreadable_payload_is_a_payload_error_that_changes_nothing(db):
+    queue, store, child = seeded(db)
+    rows(db.connection(), f"UPDATE jobs SET payload = {NOT_UTF8} WHERE id = ?", (child,))
+    queue.receive(visibility_timeout=30)  # the plain message
+    message = queue.receive(visibility_timeout=30)
+    before = snapshot(db)
+    with pytest.raises(litejobs.InvalidPayloadError, match="not valid UTF-8"):
+        store.start(child, message.receipt)
+    assert snapshot(db) == before
+
+
+@pytest.mark.parametrize("column", ["body", "payload"])
+@pytest.mark.parametrize("bad", [NOT_UTF8, NOT_JSON], ids=["not-utf8", "not-json"])
+def test_one_unreadable_row_does_not_stop_a_pool(tmp_path, column, bad):
+    runtime = InlineRuntime()
+    with litejobs.Database.open(tmp_path / "p.db", clock=runtime.clock) as db:
+        queue, store = litejobs.Queue(db, "jobs"), litejobs.JobStore(db)
+        parent = store.create_parent("batch")
+        poisoned, *rest = store.spawn_children(parent, "echo", [1, 2, 3], queue=queue)
+        message_id = store.get(poisoned).message_id
+        table, row = ("messages", message_id) if column == "body" else ("jobs", poisoned)
+        rows(db.connection(), f"UPDATE {table} SET {column} = {bad} WHERE id = ?", (row,))
+
+        async def echo(job, ctx):
+            return job.payload
+
+        async def main():
+            pool = WorkerPool(store, queue, {"echo": echo}, runtime=runtime, visibility_timeout=5)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(pool.run)
+                while not store.get(parent).status.terminal:
+                    await runtime.sleep(1)
+                pool.stop()
+            return pool.stats
+
+        stats = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+        assert stats.total("unreadable") == queue.max_receive
+        assert [store.get(job).status for job in rest] == [litejobs.JobStatus.COMPLETED] * 2
+        assert rows(
+            db.connection(), "SELECT status, error FROM jobs WHERE id = ?", (poisoned,)
+        ) == [("failed", f"message {message_id} was dead-lettered after 3 receives")]
+        assert queue.stats().total == 0
 
 
 # -- SQL metacharacters -----------------------------------------------------------

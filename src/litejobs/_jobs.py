@@ -114,8 +114,11 @@ class ChildStats:
         return self.pending + self.running + self.completed + self.failed + self.cancelled
 
 
-_COLUMNS = """id, parent_id, kind, status, payload, result, error, warning, attempts,
-message_id, created_at, started_at, completed_at"""
+# Payloads come back as bytes: text that is not UTF-8 (written by something
+# other than litejobs) is then an InvalidPayloadError naming the job, not a
+# UnicodeDecodeError from inside apsw.
+_COLUMNS = """id, parent_id, kind, status, CAST(payload AS BLOB), CAST(result AS BLOB), error,
+warning, attempts, message_id, created_at, started_at, completed_at"""
 
 
 def _job(row: Any) -> Job:

@@ -44,10 +44,18 @@ def dumps(value: Any, what: str, limit: int = MAX_PAYLOAD_BYTES) -> str:
     return text
 
 
-def loads(text: str | None, what: str) -> Any:
-    """Decode JSON written by :func:`dumps`; ``None`` stays ``None``."""
+def loads(text: str | bytes | None, what: str) -> Any:
+    """Decode JSON written by :func:`dumps` (as text, or as its UTF-8 bytes);
+    ``None`` stays ``None``."""
     if text is None:
         return None
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidPayloadError(
+                f"{what} holds text that is not valid UTF-8 (byte {exc.start})"
+            ) from None
     try:
         return json.loads(text)
     except (ValueError, RecursionError) as exc:

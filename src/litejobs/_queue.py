@@ -19,6 +19,7 @@ from litejobs._clock import to_ms
 from litejobs._db import Database, rows
 from litejobs._errors import (
     ConfigError,
+    InvalidPayloadError,
     InvalidTransitionError,
     NotFoundError,
     StaleReceiptError,
@@ -152,39 +153,58 @@ class Queue:
         if self.db.clock.now_ms() < self._next_sweep:
             claimed = self.db.autocommit(lambda conn: self._claim(conn, lease_ms, 1))
             if claimed:
-                return claimed[0]
+                return self._messages(claimed)[0]
         # Empty, the most urgent message is exhausted, or a sweep is due.
         claimed = self.db.write(lambda conn: self._sweep_and_claim(conn, lease_ms, 1))
-        return claimed[0] if claimed else None
+        return self._messages(claimed)[0] if claimed else None
 
     def receive_batch(self, n: int, *, visibility_timeout: float) -> list[Message]:
         """Lease up to ``n`` visible messages in one transaction, most urgent first."""
         check_int(n, "n", 1)
         lease_ms = to_ms(visibility_timeout, "visibility_timeout")
-        return self.db.write(lambda conn: self._sweep_and_claim(conn, lease_ms, n))
+        return self._messages(self.db.write(lambda conn: self._sweep_and_claim(conn, lease_ms, n)))
 
-    def _sweep_and_claim(self, conn: apsw.Connection, lease_ms: int, n: int) -> list[Message]:
+    def _sweep_and_claim(self, conn: apsw.Connection, lease_ms: int, n: int) -> list[Any]:
         now = self.db.clock.now_ms()
         sweep(conn, self.name, now)
         self._next_sweep = now + SWEEP_INTERVAL_MS
         return self._claim(conn, lease_ms, n)
 
-    def _claim(self, conn: apsw.Connection, lease_ms: int, n: int) -> list[Message]:
+    def _claim(self, conn: apsw.Connection, lease_ms: int, n: int) -> list[Any]:
         now = self.db.clock.now_ms()
         if n == 1:
-            claimed = rows(conn, _CLAIM_ONE, (self.name, now, now + lease_ms))
-        else:
-            claimed = rows(conn, _CLAIM_MANY, (self.name, now, now + lease_ms, n))
-            claimed.sort(key=lambda row: (-row[4], row[5], row[0]))  # RETURNING has no order
-        return [
-            Message(
-                id=str(mid),
-                body=loads(body, f"message {mid}"),
-                receipt=f"{mid}:{fence}",
-                receive_count=received,
+            return rows(conn, _CLAIM_ONE, (self.name, now, now + lease_ms))
+        claimed = rows(conn, _CLAIM_MANY, (self.name, now, now + lease_ms, n))
+        claimed.sort(key=lambda row: (-row[4], row[5], row[0]))  # RETURNING has no order
+        return claimed
+
+    def _messages(self, claimed: list[Any]) -> list[Message]:
+        """Decode claimed rows, after their claim committed.
+
+        A body that is not UTF-8 JSON (something other than litejobs wrote
+        it) must not undo its claim: the claim counts the receive, so the
+        message reaches the dead letters after ``max_receive`` tries instead
+        of blocking the head of the queue forever.
+
+        Raises:
+            InvalidPayloadError: a body cannot be decoded; the message stays
+                leased, and the batch's other messages come back when their
+                leases run out.
+        """
+        messages, unreadable = [], []
+        for mid, body, received, fence, *_ in claimed:
+            try:
+                decoded = loads(body, f"message {mid}")
+            except InvalidPayloadError as exc:
+                unreadable.append(f"{exc} (receive {received})")
+                continue
+            messages.append(Message(str(mid), decoded, f"{mid}:{fence}", received))
+        if unreadable:
+            raise InvalidPayloadError(
+                "; ".join(unreadable) + ": such a message goes to the dead letters once "
+                "it has been received max_receive times"
             )
-            for mid, body, received, fence, *_ in claimed
-        ]
+        return messages
 
     # -- acknowledging -------------------------------------------------------
 
@@ -356,7 +376,7 @@ WHERE id = (
     ORDER BY priority DESC, created, id
     LIMIT 1
 ) AND received < max_receive
-RETURNING id, body, received, fence, priority, created
+RETURNING id, CAST(body AS BLOB), received, fence, priority, created
 """
 
 _CLAIM_MANY = """
@@ -368,7 +388,7 @@ WHERE id IN (
     ORDER BY priority DESC, created, id
     LIMIT ?4
 ) AND received < max_receive
-RETURNING id, body, received, fence, priority, created
+RETURNING id, CAST(body AS BLOB), received, fence, priority, created
 """
 
 #: How often, at most, a receiving Queue sweeps exhausted messages that are

@@ -73,6 +73,7 @@ class WorkerStats:
     retried: int = 0
     released: int = 0
     skipped: int = 0
+    unreadable: int = 0  # messages or jobs whose stored JSON could not be read
     lost_leases: int = 0
     busy_errors: int = 0
     busy_s: float = 0.0
@@ -241,6 +242,12 @@ class WorkerPool:
                 stats.busy_errors += 1
                 await self._idle(self.poll_interval, stats)
                 continue
+            except InvalidPayloadError:
+                # Something other than litejobs wrote the body. The claim
+                # stands, so after max_receive tries it rests in the dead
+                # letters; one bad row must not stop the pool.
+                stats.unreadable += 1
+                continue
             if message is None:
                 backoff = min(self.poll_interval, backoff * 2 or self.poll_interval / 16)
                 await self._idle(backoff * self._rng.uniform(0.8, 1.0), stats)
@@ -283,6 +290,11 @@ class WorkerPool:
         except (InvalidTransitionError, NotFoundError, StaleReceiptError):
             # Cancelled, deleted or re-leased meanwhile: nothing left to do.
             stats.skipped += 1
+            return
+        except InvalidPayloadError:
+            # The job's stored payload is unreadable: leave it be. Its message
+            # comes back until it is dead-lettered, which fails the job.
+            stats.unreadable += 1
             return
         handler = self.handlers.get(job.kind)
         if handler is None:

@@ -68,7 +68,7 @@ def _receive_select_then_update(self: Queue, *, visibility_timeout: float) -> Me
             ((mid, body, received, fence),) = claimed
             return Message(str(mid), loads(body, "body"), f"{mid}:{fence}", received)
     found = self.db.write(lambda conn: self._sweep_and_claim(conn, lease_ms, 1))
-    return found[0] if found else None
+    return self._messages(found)[0] if found else None
 
 
 # -- save_and_delete_apart ----------------------------------------------------------
