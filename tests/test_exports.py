@@ -107,3 +107,14 @@ def test_the_fuzz_package_reports_itself_and_sorts_its_names():
         value = getattr(litejobs.fuzz, name)
         if isinstance(value, type):
             assert value.__module__ == "litejobs.fuzz", name
+
+
+def test_the_chaos_package_exports_exactly_its_public_names_and_reports_itself():
+    import litejobs.chaos
+
+    public = {n for n in vars(litejobs.chaos) if n.isidentifier() and not n.startswith("_")}
+    assert public == set(litejobs.chaos.__all__)
+    for name in litejobs.chaos.__all__:
+        value = getattr(litejobs.chaos, name)
+        if isinstance(value, type):
+            assert value.__module__ == "litejobs.chaos", name

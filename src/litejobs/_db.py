@@ -9,6 +9,7 @@ raw ``apsw`` exception reaches a caller.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import threading
@@ -68,6 +69,21 @@ def translate(exc: apsw.Error, path: str) -> LiteJobsError:
     if isinstance(exc, _STORAGE_ERRORS):
         return StorageError(f"cannot use database {path}: {exc}")
     return LiteJobsError(f"unexpected SQLite error on {path}: {type(exc).__name__}: {exc}")
+
+
+def _close(conn: apsw.Connection) -> apsw.Error | None:
+    """Close ``conn`` and return the error closing it raised, if any.
+
+    The last connection to close checkpoints the log into the database file.
+    SQLite closes the connection and ignores a checkpoint that fails (what
+    was committed stays in the log, and the next open replays it), but apsw
+    re-raises an error that a Python VFS raised meanwhile, after closing.
+    """
+    try:
+        conn.close()
+    except apsw.Error as exc:
+        return exc
+    return None
 
 
 def _create_private(path: str) -> None:
@@ -218,7 +234,8 @@ class Database:
         try:
             db._prepare_file()
         except BaseException:
-            db.close()
+            with contextlib.suppress(StorageError):  # the first error is the one to report
+                db.close()
             raise
         return db
 
@@ -243,7 +260,7 @@ class Database:
         with self._lock:
             if conn in self._connections:
                 self._connections.remove(conn)
-        conn.close()
+        _close(conn)  # nobody to tell: a thread ended, or its first call failed
 
     def _connect(self) -> apsw.Connection:
         flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
@@ -258,8 +275,12 @@ class Database:
             rows(conn, f"PRAGMA synchronous={self.synchronous}")
             rows(conn, "PRAGMA foreign_keys=ON")
             ((version,),) = rows(conn, "PRAGMA user_version")
-        except apsw.Error as exc:
-            raise translate(exc, self.path) from exc
+        except BaseException as exc:
+            # Not yet this thread's: left open, it would outlive the thread.
+            self._forget(conn)
+            if isinstance(exc, apsw.Error):
+                raise translate(exc, self.path) from exc
+            raise
         if version > SCHEMA_VERSION:
             # A newer litejobs upgraded the file while this one had it open.
             self._forget(conn)
@@ -271,13 +292,24 @@ class Database:
         return conn
 
     def close(self) -> None:
-        """Close every connection. Safe to call twice."""
+        """Close every connection. Safe to call twice.
+
+        Raises:
+            StorageError: checkpointing the log into the file failed (a disk
+                error). Every connection is closed all the same, and nothing
+                committed is lost: the log keeps it for the next open.
+        """
         self._closed = True
         with self._lock:
             connections, self._connections = self._connections, []
-        for conn in connections:
-            conn.close()
+        errors = [exc for exc in map(_close, connections) if exc is not None]
         self._local = threading.local()
+        if errors:
+            raise StorageError(
+                f"closed database {self.path}, but could not checkpoint its write-ahead log: "
+                f"{errors[0]}; what was committed stays in {self.path}-wal, and the next "
+                "open replays it"
+            ) from errors[0]
 
     def __enter__(self) -> Database:
         return self

@@ -40,9 +40,9 @@ import apsw
 import attrs
 import trio
 
+from litejobs import _queue
 from litejobs._db import Database
 from litejobs._jobs import JobStore
-from litejobs._queue import _CLAIM_ONE, DELETE
 from litejobs._runtime import TrioRuntime
 from litejobs._worker import WorkerPool
 from litejobs.chaos._tree import RunLog, TreeShape, parents_done, tree_handlers, tree_queue
@@ -117,7 +117,7 @@ class Tripwire:
                 # (and, inside a transaction, after its COMMIT).
                 state["claimed"] = False
                 self("receive")
-            if sql == _CLAIM_ONE:
+            if sql == _queue._CLAIM_ONE:  # read now: a mutant may have patched it
                 cursor.row_trace = claimed
             elif sql.startswith("BEGIN"):
                 state["inserts"] = 0
@@ -125,7 +125,7 @@ class Tripwire:
                 state["inserts"] += 1
                 if state["inserts"] == 2:
                     self("batch")
-            elif sql.startswith(DELETE):
+            elif sql.startswith(_queue.DELETE):
                 self("delete")
             elif sql.startswith("COMMIT"):
                 self("commit")

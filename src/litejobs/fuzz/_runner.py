@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
@@ -93,12 +93,13 @@ class _Fleet:
         return bool(self.pipes)
 
     def receive(self, timeout: float) -> None:
-        for reader in wait(list(self.pipes), timeout=timeout):
-            index = self.pipes[reader]  # type: ignore[index]
+        # Given only connections, wait() returns only connections.
+        for reader in cast("list[Connection]", wait(list(self.pipes), timeout=timeout)):
+            index = self.pipes[reader]
             try:
-                message = reader.recv()  # type: ignore[union-attr]
+                message = reader.recv()
             except (EOFError, OSError, pickle.UnpicklingError):
-                del self.pipes[reader]  # type: ignore[arg-type]
+                del self.pipes[reader]
                 self.ended(index)
                 continue
             self.handle(index, message)
