@@ -164,6 +164,28 @@ def test_a_victim_that_keeps_crashing_fails_the_trial_instead_of_looping(tmp_pat
     assert not result.ok
 
 
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: KillConfig(trials=0),
+        lambda: KillConfig(kills=-1),
+        lambda: KillConfig(deadline_s=0),
+        lambda: KillConfig(visibility_timeout=-1),
+        lambda: TreeShape(parents=0),
+        lambda: TreeShape(fan_out=-1),
+        lambda: StormConfig(workers=0),
+    ],
+)
+def test_bad_settings_are_config_errors(make):
+    with pytest.raises(litejobs.ConfigError):
+        make()
+
+
+def test_a_bad_setting_on_the_command_line_is_a_one_line_error_and_exit_1(capsys):
+    assert _cli.main(["chaos", "kill", "--deadline", "-1"]) == 1
+    assert "deadline_s and visibility_timeout must be > 0" in capsys.readouterr().err
+
+
 # -- the lock storm ---------------------------------------------------------------
 
 

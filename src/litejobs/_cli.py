@@ -169,6 +169,7 @@ def _chaos_parser(commands: argparse._SubParsersAction) -> None:
     kinds = chaos.add_subparsers(dest="chaos", required=True, metavar="HARNESS")
     kill = kinds.add_parser(
         "kill",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="SIGKILL worker processes at chosen and random instants, then check the file",
         description=(
             "Each trial seeds a job tree on a fresh file, runs worker processes on it, "
@@ -179,12 +180,12 @@ def _chaos_parser(commands: argparse._SubParsersAction) -> None:
             "ok. Prints a table; exit status 1 if any trial failed."
         ),
     )
-    kill.add_argument("--trials", type=_positive, default=20)
-    kill.add_argument("--seed", type=int, default=0, help="trial i uses seed + i (default 0)")
+    kill.add_argument("--trials", type=_positive, default=20, help="trials, each on a fresh file")
+    kill.add_argument("--seed", type=int, default=0, help="trial i uses seed + i")
     kill.add_argument("--kills", type=int, default=4, help="kills planned per trial")
     kill.add_argument("--processes", type=_positive, default=2, help="worker processes")
     kill.add_argument("--workers", type=_positive, default=2, help="workers per process")
-    kill.add_argument("--parents", type=_positive, default=2)
+    kill.add_argument("--parents", type=_positive, default=2, help="parents in each tree")
     kill.add_argument("--children", type=_positive, default=8, help="per parent")
     kill.add_argument("--fan-out", type=int, default=3, help="jobs each child spawns")
     kill.add_argument("--deadline", type=float, default=120.0, help="seconds per trial")
@@ -195,6 +196,7 @@ def _chaos_parser(commands: argparse._SubParsersAction) -> None:
 
     storm = kinds.add_parser(
         "storm",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help="many processes' workers on one file at once: no BusyError, no starvation",
         description=(
             "Start --processes worker processes of --workers workers together on one file "
@@ -204,16 +206,18 @@ def _chaos_parser(commands: argparse._SubParsersAction) -> None:
             "jobs. Exit status 1 if a BusyError surfaced, a worker starved or the file is wrong."
         ),
     )
-    storm.add_argument("--processes", type=_positive, default=8)
+    storm.add_argument("--processes", type=_positive, default=8, help="worker processes")
     storm.add_argument("--workers", type=_positive, default=2, help="per process")
     storm.add_argument("--jobs", type=_positive, default=8000, help="about this many, in 8 parents")
     storm.add_argument(
         "--busy-timeout",
         type=_seconds_list,
         default=[5.0, 0.01],
-        help="seconds, or several as 5,0.01 (each is a storm; default both)",
+        help="seconds, or several as 5,0.01, one storm each",
     )
-    storm.add_argument("--seed", type=int, default=0)
+    storm.add_argument(
+        "--seed", type=int, default=0, help="seeds the jitter of back-off and busy retries"
+    )
     storm.add_argument("--json", action="store_true", help="print JSON instead")
 
 

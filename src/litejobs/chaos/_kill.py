@@ -69,6 +69,11 @@ class KillConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.kills < 0:
             raise ConfigError(f"kills must be >= 0, got {self.kills}")
+        if not (self.deadline_s > 0 and self.visibility_timeout > 0):
+            raise ConfigError(
+                "deadline_s and visibility_timeout must be > 0, "
+                f"got {self.deadline_s}, {self.visibility_timeout}"
+            )
 
 
 @attrs.frozen

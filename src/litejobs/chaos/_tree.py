@@ -27,6 +27,7 @@ from typing import Any
 import attrs
 
 from litejobs._db import Database, rows
+from litejobs._errors import ConfigError
 from litejobs._jobs import Job, JobStore
 from litejobs._queue import Queue
 from litejobs._runtime import Runtime
@@ -48,6 +49,12 @@ class TreeShape:
     children: int = 8
     fan_out: int = 3
     work_s: float = 0.01
+
+    def __attrs_post_init__(self) -> None:
+        if min(self.parents, self.children) < 1:
+            raise ConfigError("a tree needs at least 1 parent and 1 child per parent")
+        if self.fan_out < 0 or self.work_s < 0:
+            raise ConfigError(f"fan_out and work_s must be >= 0, got {self.fan_out}, {self.work_s}")
 
     @property
     def jobs(self) -> int:
