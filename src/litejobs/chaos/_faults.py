@@ -35,6 +35,7 @@ import apsw
 import attrs
 
 from litejobs._errors import ConfigError
+from litejobs._queue import check_int
 
 
 class FaultKind(enum.Enum):
@@ -88,14 +89,9 @@ def _kind(value: FaultKind | str) -> FaultKind:
         raise ConfigError(f"fault kind must be one of {choices}, got {value!r}") from None
 
 
-def _index(instance: object, attribute: attrs.Attribute, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"Fault.at must be an int >= 0, got {value!r}")
-
-
-def _keep(instance: object, attribute: attrs.Attribute, value: int | None) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise ConfigError(f"Fault.keep must be None or an int >= 0, got {value!r}")
+def _index(instance: object, attribute: attrs.Attribute, value: int | None) -> None:
+    if value is not None or attribute.name == "at":
+        check_int(value, f"Fault.{attribute.name}", 0)
 
 
 @attrs.frozen
@@ -110,7 +106,7 @@ class Fault:
 
     kind: FaultKind = attrs.field(converter=_kind)
     at: int = attrs.field(validator=_index)
-    keep: int | None = attrs.field(default=None, validator=_keep)
+    keep: int | None = attrs.field(default=None, validator=_index)
 
 
 @attrs.frozen
