@@ -176,8 +176,54 @@ def test_an_unreadable_payload_is_a_payload_error_that_changes_nothing(db):
     assert snapshot(db) == before
 
 
-@pytest.mark.parametrize("column", ["body", "payload"])
-@pytest.mark.parametrize("bad", [NOT_UTF8, NOT_JSON], ids=["not-utf8", "not-json"])
+@pytest.mark.parametrize("column", ["kind", "error", "warning"])
+def test_a_job_column_that_is_not_utf8_is_a_payload_error_naming_it_that_changes_nothing(
+    db, column
+):
+    queue, store, child = seeded(db)
+    parent = store.get(child).parent_id
+    rows(db.connection(), f"UPDATE jobs SET {column} = {NOT_UTF8} WHERE id = ?", (child,))
+    queue.receive(visibility_timeout=30)  # the plain message
+    message = queue.receive(visibility_timeout=30)
+    before = snapshot(db)
+    why = rf"^{column} of job {child} holds text that is not valid UTF-8 \(byte 1\)$"
+    for call in (
+        lambda: store.get(child),
+        lambda: store.children(parent),
+        lambda: store.start(child, message.receipt),
+    ):
+        with pytest.raises(litejobs.InvalidPayloadError, match=why):
+            call()
+    assert snapshot(db) == before
+    assert store.child_stats(parent) == litejobs.ChildStats(pending=1)  # the parent is readable
+
+
+def test_a_queue_name_that_is_not_utf8_is_a_payload_error_when_a_receipt_is_refused(db, queue):
+    queue.send("x")
+    message = queue.receive(visibility_timeout=30)
+    rows(db.connection(), f"UPDATE messages SET queue = {NOT_UTF8} WHERE id = ?", (message.id,))
+    before = snapshot(db)
+    with pytest.raises(
+        litejobs.InvalidPayloadError,
+        match=f"queue of message {message.id} holds text that is not valid UTF-8",
+    ):
+        queue.delete(message.receipt)
+    assert snapshot(db) == before
+
+
+@pytest.mark.parametrize(
+    ("column", "bad"),
+    [
+        ("body", NOT_UTF8),
+        ("body", NOT_JSON),
+        ("payload", NOT_UTF8),
+        ("payload", NOT_JSON),
+        ("kind", NOT_UTF8),
+        ("error", NOT_UTF8),
+        ("warning", NOT_UTF8),
+    ],
+    ids=lambda v: {NOT_UTF8: "not-utf8", NOT_JSON: "not-json"}.get(v, v),
+)
 def test_one_unreadable_row_does_not_stop_a_pool(tmp_path, column, bad):
     runtime = InlineRuntime()
     with litejobs.Database.open(tmp_path / "p.db", clock=runtime.clock) as db:
@@ -203,10 +249,16 @@ def test_one_unreadable_row_does_not_stop_a_pool(tmp_path, column, bad):
         stats = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
         assert stats.total("unreadable") == queue.max_receive
         assert [store.get(job).status for job in rest] == [litejobs.JobStatus.COMPLETED] * 2
+        # The poisoned job never started: dead-lettering failed it.
         assert rows(
-            db.connection(), "SELECT status, error FROM jobs WHERE id = ?", (poisoned,)
-        ) == [("failed", f"message {message_id} was dead-lettered after 3 receives")]
+            db.connection(), "SELECT status, error, attempts FROM jobs WHERE id = ?", (poisoned,)
+        ) == [("failed", f"message {message_id} was dead-lettered after 3 receives", 0)]
         assert queue.stats().total == 0
+        if column in ("body", "error"):  # the failure replaced the bad error
+            assert store.get(poisoned).status is litejobs.JobStatus.FAILED
+        else:  # the bad column stays as it was written, and still says so
+            with pytest.raises(litejobs.InvalidPayloadError, match=f"^{column} of job {poisoned}"):
+                store.get(poisoned)
 
 
 # -- SQL metacharacters -----------------------------------------------------------

@@ -19,8 +19,10 @@ class ConfigError(LiteJobsError, ValueError):
 
 
 class InvalidPayloadError(LiteJobsError, ValueError):
-    """Raised when a body, payload or result is not JSON-serialisable (or not
-    valid JSON when read back). Nothing is written."""
+    """Raised when a body, payload or result is not JSON-serialisable, or when
+    something read back from the file is not what litejobs writes (JSON that
+    does not parse, or text in any column that is not UTF-8, named with its
+    row). Nothing is written."""
 
 
 class NotFoundError(LiteJobsError, LookupError):

@@ -31,7 +31,7 @@ from litejobs._errors import (
     StaleReceiptError,
 )
 from litejobs._hierarchy import cancel_children, finish, set_parent
-from litejobs._payload import dumps, loads
+from litejobs._payload import dumps, loads, stored_text
 from litejobs._queue import Queue, parse_receipt
 
 
@@ -114,11 +114,13 @@ class ChildStats:
         return self.pending + self.running + self.completed + self.failed + self.cancelled
 
 
-# Payloads come back as bytes: text that is not UTF-8 (written by something
-# other than litejobs) is then an InvalidPayloadError naming the job, not a
+# Every TEXT column comes back as its bytes and is decoded by stored_text or
+# loads: text that is not UTF-8 (written by something other than litejobs) is
+# then an InvalidPayloadError naming the job and the column, not a
 # UnicodeDecodeError from inside apsw.
-_COLUMNS = """id, parent_id, kind, status, CAST(payload AS BLOB), CAST(result AS BLOB), error,
-warning, attempts, message_id, created_at, started_at, completed_at"""
+_COLUMNS = """id, parent_id, CAST(kind AS BLOB), CAST(status AS BLOB), CAST(payload AS BLOB),
+CAST(result AS BLOB), CAST(error AS BLOB), CAST(warning AS BLOB), attempts, message_id,
+created_at, started_at, completed_at"""
 
 
 def _job(row: Any) -> Job:
@@ -140,12 +142,12 @@ def _job(row: Any) -> Job:
     return Job(
         id=str(jid),
         parent_id=None if parent_id is None else str(parent_id),
-        kind=kind,
-        status=JobStatus(status),
+        kind=stored_text(kind, f"kind of job {jid}"),
+        status=JobStatus(stored_text(status, f"status of job {jid}")),
         payload=loads(payload, f"payload of job {jid}"),
         result=loads(result, f"result of job {jid}"),
-        error=error,
-        warning=warning,
+        error=stored_text(error, f"error of job {jid}"),
+        warning=stored_text(warning, f"warning of job {jid}"),
         attempts=attempts,
         message_id=None if message_id is None else str(message_id),
         created_at=created_at,

@@ -4,7 +4,7 @@ executes anything."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, overload
 
 from litejobs._errors import InvalidPayloadError
 
@@ -44,18 +44,40 @@ def dumps(value: Any, what: str, limit: int = MAX_PAYLOAD_BYTES) -> str:
     return text
 
 
+@overload
+def stored_text(value: bytes, what: str) -> str: ...
+@overload
+def stored_text(value: None, what: str) -> None: ...
+@overload
+def stored_text(value: bytes | None, what: str) -> str | None: ...
+def stored_text(value: bytes | None, what: str) -> str | None:
+    """Decode a TEXT column read as its bytes (``CAST(... AS BLOB)``).
+
+    The one place that turns stored bytes into text: something other than
+    litejobs may have written bytes that are not UTF-8, and apsw would raise
+    a raw UnicodeDecodeError decoding them itself.
+
+    Raises:
+        InvalidPayloadError: the bytes are not UTF-8; ``what`` names the column
+            and its row.
+    """
+    if value is None:
+        return None
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidPayloadError(
+            f"{what} holds text that is not valid UTF-8 (byte {exc.start})"
+        ) from None
+
+
 def loads(text: str | bytes | None, what: str) -> Any:
     """Decode JSON written by :func:`dumps` (as text, or as its UTF-8 bytes);
     ``None`` stays ``None``."""
     if text is None:
         return None
     if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InvalidPayloadError(
-                f"{what} holds text that is not valid UTF-8 (byte {exc.start})"
-            ) from None
+        text = stored_text(text, what)
     try:
         return json.loads(text)
     except (ValueError, RecursionError) as exc:

@@ -24,7 +24,7 @@ from litejobs._errors import (
     NotFoundError,
     StaleReceiptError,
 )
-from litejobs._payload import dumps, loads
+from litejobs._payload import dumps, loads, stored_text
 
 
 @attrs.frozen
@@ -479,13 +479,15 @@ def refusal(
     receipt = f"{message_id}:{fence}"
     found = rows(
         conn,
-        "SELECT queue, fence, received, max_receive, timeout, dead_at FROM messages WHERE id = ?",
+        "SELECT CAST(queue AS BLOB), fence, received, max_receive, timeout, dead_at "
+        "FROM messages WHERE id = ?",
         (message_id,),
     )
     if not found:
         why = "the message was deleted"
     else:
-        ((owner, current, received, max_receive, timeout, dead_at),) = found
+        ((stored, current, received, max_receive, timeout, dead_at),) = found
+        owner = stored_text(stored, f"queue of message {message_id}")
         if queue is not None and owner != queue:
             why = f"the message belongs to queue {owner!r}, not {queue!r}"
         elif dead_at is not None or (received >= max_receive and timeout <= now):
