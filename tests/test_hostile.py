@@ -158,11 +158,70 @@ def test_an_unreadable_body_keeps_its_claim_and_reaches_the_dead_letters(
     assert queue.stats().dead == 1
 
 
-def test_a_batch_with_an_unreadable_body_names_it(db, queue):
-    ids = queue.send_batch(["a", "b", "c"])
-    rows(db.connection(), f"UPDATE messages SET body = {NOT_UTF8} WHERE id = ?", (ids[1],))
-    with pytest.raises(litejobs.InvalidPayloadError, match=f"message {ids[1]} holds"):
-        queue.receive_batch(3, visibility_timeout=1)
+def received(db, *ids):
+    """How many times each message was received, in the order given."""
+    conn = db.connection()
+    return [rows(conn, "SELECT received FROM messages WHERE id = ?", (i,))[0][0] for i in ids]
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [(NOT_UTF8, "not valid UTF-8"), (NOT_JSON, "invalid JSON")],
+    ids=["not-utf8", "not-json"],
+)
+def test_a_batch_with_an_unreadable_body_gives_the_rest_back_unspent(db, queue, clock, bad, why):
+    first, poisoned, last = queue.send_batch(["a", "b", "c"])
+    rows(db.connection(), f"UPDATE messages SET body = {bad} WHERE id = ?", (poisoned,))
+    for receive in range(1, queue.max_receive + 1):
+        with pytest.raises(
+            litejobs.InvalidPayloadError,
+            match=rf"^message {poisoned} holds .*{why}.* \(receive {receive}\): .*dead letters"
+            rf".*; the rest of the batch \({first}, {last}\) was given back unseen",
+        ):
+            queue.receive_batch(3, visibility_timeout=1)
+        # the unreadable message keeps its claim; the others are visible, unspent
+        assert received(db, first, poisoned, last) == [0, receive, 0]
+        assert queue.stats() == litejobs.QueueStats(visible=2, delayed=0, in_flight=1, dead=0)
+        clock.advance(1)
+    # the poisoned message is dead now; the good ones never were
+    got = queue.receive_batch(3, visibility_timeout=1)
+    assert [(m.id, m.body, m.receive_count) for m in got] == [(first, "a", 1), (last, "c", 1)]
+    dead = rows(db.connection(), "SELECT id FROM messages WHERE dead_at IS NOT NULL")
+    assert dead == [(int(poisoned),)]
+
+
+def test_before_the_rest_of_a_batch_is_read_again_the_next_batch_returns_exactly_it(db, queue):
+    first, poisoned, last = queue.send_batch(["a", "b", "c"])
+    rows(db.connection(), f"UPDATE messages SET body = {NOT_UTF8} WHERE id = ?", (poisoned,))
+    with pytest.raises(litejobs.InvalidPayloadError, match=f"message {poisoned} holds"):
+        queue.receive_batch(3, visibility_timeout=30)
+    got = queue.receive_batch(3, visibility_timeout=30)
+    assert [(m.id, m.receive_count) for m in got] == [(first, 1), (last, 1)]
+    for message in got:
+        queue.delete(message.receipt)
+    assert queue.stats() == litejobs.QueueStats(visible=0, delayed=0, in_flight=1, dead=0)
+
+
+def test_a_zero_lease_batch_on_its_last_receive_still_gives_the_rest_back(db):
+    queue = litejobs.Queue(db, "once", max_receive=1)
+    first, poisoned = queue.send_batch(["a", "b"])
+    rows(db.connection(), f"UPDATE messages SET body = {NOT_UTF8} WHERE id = ?", (poisoned,))
+    with pytest.raises(litejobs.InvalidPayloadError, match="given back unseen"):
+        queue.receive_batch(2, visibility_timeout=0)
+    assert received(db, first, poisoned) == [0, 1]
+    assert queue.stats().visible == 1  # the poisoned one is dead at once
+    assert [m.id for m in queue.receive_batch(2, visibility_timeout=0)] == [first]
+
+
+def test_a_batch_of_unreadable_bodies_only_names_them_all(db, queue):
+    ids = queue.send_batch(["a", "b"])
+    rows(db.connection(), f"UPDATE messages SET body = {NOT_UTF8}")
+    with pytest.raises(litejobs.InvalidPayloadError) as raised:
+        queue.receive_batch(2, visibility_timeout=1)
+    assert f"message {ids[0]} holds" in str(raised.value)
+    assert f"message {ids[1]} holds" in str(raised.value)
+    assert "given back" not in str(raised.value)
+    assert received(db, *ids) == [1, 1]
 
 
 def test_an_unreadable_payload_is_a_payload_error_that_changes_nothing(db):

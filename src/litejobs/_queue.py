@@ -148,10 +148,18 @@ class Queue:
         dead-lettered instead of delivered (and its job failed) by the sweep,
         which runs with a claim when the plain claim finds nothing, and at
         most every :data:`SWEEP_INTERVAL_MS` otherwise.
+
+        Raises:
+            InvalidPayloadError: the body is not UTF-8 JSON (something other
+                than litejobs wrote it). The claim stands: it counts the
+                receive, so the message reaches the dead letters after
+                ``max_receive`` tries instead of blocking the head of the queue.
         """
         lease_ms = to_ms(visibility_timeout, "visibility_timeout")
         if self.db.clock.now_ms() < self._next_sweep:
-            claimed = self.db.autocommit(lambda conn: self._claim(conn, lease_ms, 1))
+            claimed = self.db.autocommit(
+                lambda conn: self._claim(conn, self.db.clock.now_ms(), lease_ms, 1)
+            )
             if claimed:
                 return self._messages(claimed)[0]
         # Empty, the most urgent message is exhausted, or a sweep is due.
@@ -159,19 +167,53 @@ class Queue:
         return self._messages(claimed)[0] if claimed else None
 
     def receive_batch(self, n: int, *, visibility_timeout: float) -> list[Message]:
-        """Lease up to ``n`` visible messages in one transaction, most urgent first."""
+        """Lease up to ``n`` visible messages in one transaction, most urgent first.
+
+        Raises:
+            InvalidPayloadError: a body is not UTF-8 JSON; the error names it.
+                Decided inside the claim's transaction: the unreadable message
+                keeps its claim, as with :meth:`receive`, while the batch's
+                readable messages are given back unseen, visible at once with
+                their receive refunded, so a poisoned batch never brings a
+                good message nearer the dead letters.
+        """
         check_int(n, "n", 1)
         lease_ms = to_ms(visibility_timeout, "visibility_timeout")
-        return self._messages(self.db.write(lambda conn: self._sweep_and_claim(conn, lease_ms, n)))
 
-    def _sweep_and_claim(self, conn: apsw.Connection, lease_ms: int, n: int) -> list[Any]:
-        now = self.db.clock.now_ms()
+        def transaction(conn: apsw.Connection) -> tuple[list[Message], list[str]]:
+            now = self.db.clock.now_ms()
+            messages, unreadable = _decode(self._sweep_and_claim(conn, lease_ms, n, now))
+            if unreadable:
+                for message in messages:
+                    # Fenced at the instant before the claim: with a zero lease
+                    # the claim's own instant already counts a message on its
+                    # last receive as dead.
+                    fenced(conn, RELEASE, *parse_receipt(message.receipt), now - 1)
+            return messages, unreadable
+
+        messages, unreadable = self.db.write(transaction)
+        if unreadable:
+            given_back = ", ".join(message.id for message in messages)
+            raise _unreadable(
+                unreadable,
+                f"; the rest of the batch ({given_back}) was given back unseen, "
+                "its receive refunded"
+                if messages
+                else "",
+            )
+        return messages
+
+    def _sweep_and_claim(
+        self, conn: apsw.Connection, lease_ms: int, n: int, now: int | None = None
+    ) -> list[Any]:
+        """Sweep, then claim, at ``now`` (by default the clock's time)."""
+        if now is None:
+            now = self.db.clock.now_ms()
         sweep(conn, self.name, now)
         self._next_sweep = now + SWEEP_INTERVAL_MS
-        return self._claim(conn, lease_ms, n)
+        return self._claim(conn, now, lease_ms, n)
 
-    def _claim(self, conn: apsw.Connection, lease_ms: int, n: int) -> list[Any]:
-        now = self.db.clock.now_ms()
+    def _claim(self, conn: apsw.Connection, now: int, lease_ms: int, n: int) -> list[Any]:
         if n == 1:
             return rows(conn, _CLAIM_ONE, (self.name, now, now + lease_ms))
         claimed = rows(conn, _CLAIM_MANY, (self.name, now, now + lease_ms, n))
@@ -179,31 +221,10 @@ class Queue:
         return claimed
 
     def _messages(self, claimed: list[Any]) -> list[Message]:
-        """Decode claimed rows, after their claim committed.
-
-        A body that is not UTF-8 JSON (something other than litejobs wrote
-        it) must not undo its claim: the claim counts the receive, so the
-        message reaches the dead letters after ``max_receive`` tries instead
-        of blocking the head of the queue forever.
-
-        Raises:
-            InvalidPayloadError: a body cannot be decoded; the message stays
-                leased, and the batch's other messages come back when their
-                leases run out.
-        """
-        messages, unreadable = [], []
-        for mid, body, received, fence, *_ in claimed:
-            try:
-                decoded = loads(body, f"message {mid}")
-            except InvalidPayloadError as exc:
-                unreadable.append(f"{exc} (receive {received})")
-                continue
-            messages.append(Message(str(mid), decoded, f"{mid}:{fence}", received))
+        """Decode claimed rows after their claim committed, so it stands."""
+        messages, unreadable = _decode(claimed)
         if unreadable:
-            raise InvalidPayloadError(
-                "; ".join(unreadable) + ": such a message goes to the dead letters once "
-                "it has been received max_receive times"
-            )
+            raise _unreadable(unreadable, "")
         return messages
 
     # -- acknowledging -------------------------------------------------------
@@ -316,6 +337,27 @@ class Queue:
             return len(wanted)
 
         return self.db.write(transaction)
+
+
+def _decode(claimed: list[Any]) -> tuple[list[Message], list[str]]:
+    """Decode claimed rows: the messages, and why for each body that is not
+    UTF-8 JSON (so the caller decides what becomes of that body's claim)."""
+    messages, unreadable = [], []
+    for mid, body, received, fence, *_ in claimed:
+        try:
+            decoded = loads(body, f"message {mid}")
+        except InvalidPayloadError as exc:
+            unreadable.append(f"{exc} (receive {received})")
+            continue
+        messages.append(Message(str(mid), decoded, f"{mid}:{fence}", received))
+    return messages, unreadable
+
+
+def _unreadable(unreadable: list[str], after: str) -> InvalidPayloadError:
+    return InvalidPayloadError(
+        "; ".join(unreadable) + ": such a message goes to the dead letters once it has "
+        "been received max_receive times" + after
+    )
 
 
 def _not_a_str(values: Iterable[str], name: str) -> Iterable[str]:
