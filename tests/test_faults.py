@@ -97,6 +97,24 @@ def test_a_short_write_leaves_exactly_its_prefix_on_disk(vfs, tmp_path, keep, wr
     )
 
 
+def test_on_fire_is_told_of_the_fault_after_a_short_writes_prefix_is_on_disk(tmp_path):
+    seen = []
+
+    def on_fire(fired):  # a kill trial's victim SIGKILLs itself here
+        seen.append((fired, (tmp_path / "t.db-wal").read_bytes()))
+
+    with FaultyVFS(on_fire=on_fire) as vfs:
+        log = open_log(vfs, tmp_path)
+        vfs.arm(Fault(FaultKind.SHORT_WRITE, 1, keep=2))
+        log.xWrite(b"1234", 0)
+        with pytest.raises(apsw.FullError):
+            log.xWrite(b"abcd", 4)
+        log.xClose()
+    assert seen == [
+        (FiredFault(Fault(FaultKind.SHORT_WRITE, 1, keep=2), "t.db-wal", 4, 4, 2), b"1234ab")
+    ]
+
+
 @pytest.mark.parametrize("kind", [FaultKind.WRITE_EIO, FaultKind.ENOSPC], ids=lambda k: k.value)
 def test_a_failed_write_writes_nothing(vfs, tmp_path, kind):
     log = open_log(vfs, tmp_path)

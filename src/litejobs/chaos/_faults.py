@@ -29,6 +29,7 @@ import enum
 import itertools
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import apsw
@@ -154,9 +155,15 @@ class FaultyVFS(apsw.VFS):
     end of a ``with`` block; close the databases opened through it first.
     Counting and arming are guarded by a lock, so connections in several
     threads may share it; the order of their calls is then theirs.
+
+    Args:
+        on_fire: called with the :class:`FiredFault` just before the failing
+            call returns its error (after a short write's prefix reached the
+            file); a kill trial's victim SIGKILLs itself there, so the crash
+            lands inside the write or before the sync.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_fire: Callable[[FiredFault], None] | None = None) -> None:
         #: The name the VFS is registered under, unique in this process.
         self.name = f"litejobs-faults-{os.getpid()}-{next(_names)}"
         self._lock = threading.Lock()
@@ -164,6 +171,7 @@ class FaultyVFS(apsw.VFS):
         self._armed: Fault | None = None
         self._seen = 0
         self._fired: FiredFault | None = None
+        self._on_fire = on_fire
         super().__init__(self.name, "")
 
     # -- counting and arming -------------------------------------------------
@@ -223,6 +231,12 @@ class FaultyVFS(apsw.VFS):
             self._fired = FiredFault(fault, file, offset, size, written)
             return self._fired
 
+    def _fail(self, fired: FiredFault) -> Exception:
+        """The error a fired call returns, after telling ``on_fire``."""
+        if self._on_fire is not None:
+            self._on_fire(fired)
+        return _error(fired.fault)
+
     # -- the VFS -----------------------------------------------------------
 
     def xOpen(self, name: str | apsw.URIFilename | None, flags: list[int]) -> apsw.VFSFile:
@@ -255,7 +269,7 @@ class _FaultyFile(apsw.VFSFile):
     def xRead(self, amount: int, offset: int) -> bytes:
         fired = self._vfs._io("xRead", self._file, offset, amount)
         if fired is not None:
-            raise _error(fired.fault)
+            raise self._vfs._fail(fired)
         return super().xRead(amount, offset)
 
     def xWrite(self, data: Any, offset: int) -> None:
@@ -264,12 +278,12 @@ class _FaultyFile(apsw.VFSFile):
             return super().xWrite(data, offset)
         if fired.written:
             super().xWrite(bytes(memoryview(data)[: fired.written]), offset)
-        raise _error(fired.fault)
+        raise self._vfs._fail(fired)
 
     def xSync(self, flags: int) -> None:
         fired = self._vfs._io("xSync", self._file, None, None)
         if fired is not None:
-            raise _error(fired.fault)
+            raise self._vfs._fail(fired)
         return super().xSync(flags)
 
 
