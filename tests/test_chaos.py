@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import attrs
 import pytest
 
 import litejobs
@@ -22,12 +23,36 @@ from litejobs.chaos import (
     run_trial,
     seed_tree,
 )
-from litejobs.chaos._tree import KIND, RunLog, tree_queue
+from litejobs.chaos._tree import FIRST_ATTEMPT_FAILS, KIND, RunLog, tree_queue
 
 SMALL = TreeShape(parents=2, children=4, fan_out=2, work_s=0.005)
 
 
 # -- the check ------------------------------------------------------------------
+
+
+def run_by_hand(db, log, *, cancel=None, stop_after=None):
+    """Run a seeded tree to its end as a correct worker would: the failing keys
+    fail their first attempt, every result names its run and receipt. With
+    ``cancel``, that parent is cancelled after ``stop_after`` results."""
+    store, queue, runs = litejobs.JobStore(db), tree_queue(db), RunLog(log)
+    failing, done = SMALL.failing_keys(), 0
+    while (message := queue.receive(visibility_timeout=30)) is not None:
+        job = store.start(message.body["job_id"], message.receipt)
+        token = runs.record(job.id)
+        if job.payload["key"] in failing and job.attempts == 1:
+            store.fail(job.id, message.receipt, RuntimeError(FIRST_ATTEMPT_FAILS))
+            continue
+        if job.payload["depth"] == 0:
+            keys = [f"{job.payload['key']}.{j}" for j in range(SMALL.fan_out)]
+            store.spawn_children(
+                job.parent_id, KIND, [{"key": k, "depth": 1} for k in keys], queue=queue, keys=keys
+            )
+        store.complete(job.id, message.receipt, {"run": token, "receipt": message.receipt})
+        done += 1
+        if done == stop_after:
+            store.cancel(cancel)
+    runs.close()
 
 
 @pytest.fixture
@@ -36,20 +61,7 @@ def tree(tmp_path):
     path, log = tmp_path / "tree.db", tmp_path / "runs.log"
     with litejobs.Database.open(path) as db:
         parents = seed_tree(db, SMALL)
-        store, queue, runs = litejobs.JobStore(db), tree_queue(db), RunLog(log)
-        while (message := queue.receive(visibility_timeout=30)) is not None:
-            job = store.start(message.body["job_id"], message.receipt)
-            if job.payload["depth"] == 0:
-                keys = [f"{job.payload['key']}.{j}" for j in range(SMALL.fan_out)]
-                store.spawn_children(
-                    job.parent_id,
-                    KIND,
-                    [{"key": k, "depth": 1} for k in keys],
-                    queue=queue,
-                    keys=keys,
-                )
-            store.complete(job.id, message.receipt, {"run": runs.record(job.id)})
-        runs.close()
+        run_by_hand(db, log)
     return path, log, parents
 
 
@@ -62,9 +74,26 @@ def damage(path, *statements):
 def test_a_finished_tree_checks_clean(tree):
     path, log, parents = tree
     check = check_tree(path, SMALL, parents, log)
-    assert check.ok
+    assert check.ok, check
     assert check.completed == check.expected == SMALL.jobs == 2 * (4 + 4 * 2)
-    assert check.runs == check.expected
+    # every failing key ran twice
+    assert check.runs == check.expected + 2 * len(SMALL.failing_keys()) == 24 + 4
+
+
+def test_a_parent_cancelled_mid_run_checks_clean_only_as_cancelled(tmp_path):
+    path, log = tmp_path / "tree.db", tmp_path / "runs.log"
+    with litejobs.Database.open(path) as db:
+        parents = seed_tree(db, SMALL)
+        run_by_hand(db, log, cancel=parents[1], stop_after=3)
+    check = check_tree(path, SMALL, parents, log, cancelled=[parents[1]])
+    assert check.ok, check
+    assert check.cancelled > 0
+    assert check.completed + check.cancelled == check.expected < SMALL.jobs
+    # told nothing of the cancel, the check counts the cancelled work as lost
+    blind = check_tree(path, SMALL, parents, log)
+    assert blind.failed == check.cancelled
+    assert blind.missing > 0
+    assert blind.rollups_wrong == 1
 
 
 def test_a_missing_child_is_lost_and_an_extra_one_a_double_effect(tree):
@@ -81,8 +110,8 @@ def test_a_missing_child_is_lost_and_an_extra_one_a_double_effect(tree):
     )
     check = check_tree(path, SMALL, parents, log)
     assert (check.missing, check.extra, check.lost) == (1, 1, 1)
-    # the copy's result names a run of another job: it is unrecorded too
-    assert (check.unrecorded, check.double_effects) == (1, 2)
+    # the copy's result names a run and a receipt of another job: unrecorded and stale too
+    assert (check.unrecorded, check.stale, check.double_effects) == (1, 1, 3)
     assert not check.ok
 
 
@@ -114,7 +143,44 @@ def test_a_result_no_logged_run_produced_is_a_double_effect(tree):
     damage(path, ("UPDATE jobs SET result = '{\"run\": \"1:999\"}' WHERE key = '3'", ()))
     check = check_tree(path, SMALL, parents, log)
     assert check.unrecorded == 2  # one per parent
-    assert check.double_effects == 2
+    # the audit saw each result written a second time, under no live receipt
+    assert (check.rewritten, check.stale) == (2, 2)
+    assert check.double_effects == 6
+
+
+def test_a_result_written_again_under_its_own_receipt_is_still_a_double_effect(tree):
+    path, log, parents = tree
+    damage(
+        path, ("UPDATE jobs SET result = json_set(result, '$.spawned', 9) WHERE key = '0.1'", ())
+    )
+    check = check_tree(path, SMALL, parents, log)
+    assert (check.rewritten, check.unrecorded, check.stale) == (2, 0, 0)
+    assert not check.ok
+
+
+def test_more_runs_than_starts_or_more_starts_than_receives_is_an_overrun(tree):
+    path, log, parents = tree
+    damage(
+        path,
+        ("UPDATE jobs SET attempts = 0 WHERE key = '0'", ()),  # a run no start counted
+        ("UPDATE jobs SET attempts = 5 WHERE key = '1'", ()),  # starts no receive allowed
+    )
+    check = check_tree(path, SMALL, parents, log)
+    assert check.overruns == 4
+    assert check.double_effects == 4
+
+
+def test_a_failing_key_that_never_failed_or_an_error_nobody_raised_is_mishandled(tree):
+    path, log, parents = tree
+    (failing, *_) = sorted(SMALL.failing_keys())
+    damage(
+        path,
+        ("UPDATE jobs SET attempts = 1 WHERE key = ?", (failing,)),
+        ("UPDATE jobs SET error = 'boom' WHERE key = '0'", ()),
+    )
+    check = check_tree(path, SMALL, parents, log)
+    assert check.mishandled == 4
+    assert not check.ok
 
 
 def test_a_torn_last_line_of_the_run_log_is_not_a_run(tmp_path):
@@ -137,16 +203,54 @@ def test_processes_killed_at_every_point_lose_nothing(tmp_path):
         PlannedKill("receive", at=2),
         PlannedKill("handler", at=2),
         PlannedKill("effect", at=1),
+        PlannedKill("pause", at=1),
         PlannedKill("batch", at=1),
         PlannedKill("delete", at=2),
         PlannedKill("commit", at=4),
-        PlannedKill("random", after_s=0.8),
+        PlannedKill("write", at=60),
+        PlannedKill("sync", at=3),
+        PlannedKill("random", after_s=0.3),
     ]
-    result = run_trial(KillConfig(processes=2, kills=0), 0, tmp_path, plan=plan)
+    result = run_trial(KillConfig(processes=2, kills=0, cancel=False), 0, tmp_path, plan=plan)
     assert sorted(result.killed) == sorted(KILL_POINTS)
     assert result.check.ok, result.check
     assert result.ok
     assert result.check.runs > result.check.expected  # killed handlers ran again
+
+
+def test_a_parent_cancelled_while_processes_die_loses_nothing(tmp_path):
+    config = KillConfig(processes=2, shape=TreeShape(parents=2, children=12, fan_out=3))
+    plan = [PlannedKill("effect", at=2), PlannedKill("commit", at=6)]
+    result = run_trial(config, 4, tmp_path, plan=plan)
+    assert result.ok, result.check
+    assert result.cancelled  # seed 4 cancels 0.36 s in, long before the tree is done
+    assert result.check.cancelled > 0
+
+
+def test_a_resumed_worker_completing_under_a_stale_receipt_is_caught(tmp_path):
+    # The fenced delete ignores the fence: a worker paused past its lease and
+    # resumed while another holds the job records its result anyway.
+    config = KillConfig(processes=2, mutant="delete_ignores_receipt", cancel=False)
+    result = run_trial(config, 0, tmp_path, plan=[PlannedKill("pause", at=2)])
+    assert result.killed == ("pause",)
+    assert result.check.stale >= 1
+    assert not result.ok
+    # the same pause against the real fence: the stale result is refused
+    fenced = run_trial(
+        attrs.evolve(config, mutant=None), 0, tmp_path, plan=[PlannedKill("pause", at=2)]
+    )
+    assert fenced.killed == ("pause",)
+    assert fenced.ok, fenced.check
+
+
+def test_a_reused_directory_starts_from_a_fresh_file_and_log(tmp_path):
+    config = KillConfig(processes=1, kills=0, cancel=False)
+    first = run_trial(config, 0, tmp_path, plan=[])
+    second = run_trial(config, 0, tmp_path, plan=[])
+    assert first.ok
+    assert second.ok, second.check
+    assert second.check.runs == first.check.runs
+    assert sum(len(t) for t in RunLog.read(tmp_path / "runs.log").values()) == second.check.runs
 
 
 def test_a_kill_between_saving_a_result_and_deleting_its_message_is_caught(tmp_path):
@@ -173,6 +277,9 @@ def test_a_victim_that_keeps_crashing_fails_the_trial_instead_of_looping(tmp_pat
         lambda: KillConfig(visibility_timeout=-1),
         lambda: TreeShape(parents=0),
         lambda: TreeShape(fan_out=-1),
+        lambda: TreeShape(fail_every=-1),
+        lambda: TreeShape(rerun_s=-0.5),
+        lambda: KillConfig(checkpoint_pages=0),
         lambda: StormConfig(workers=0),
     ],
 )
@@ -190,15 +297,33 @@ def test_a_bad_setting_on_the_command_line_is_a_one_line_error_and_exit_1(capsys
 
 
 def test_a_small_storm_finishes_every_job_with_no_busy_error(tmp_path):
-    config = StormConfig(processes=3, workers=2, shape=TreeShape(4, 25, 1, 0.0))
+    # A 10 ms busy timeout hands most lock waits to the retry policy.
+    shape = TreeShape(4, 25, 1, 0.0, fail_every=0)
+    config = StormConfig(processes=3, workers=2, shape=shape, busy_timeout=0.01)
     result = run_storm(config, tmp_path)
     assert result.crashes == ()
     assert result.check.ok, result.check
     assert len(result.completed_per_worker) == 6
     assert sum(result.completed_per_worker) == result.check.completed == 200
-    assert result.busy_errors_surfaced == 0
+    assert (result.busy_errors_surfaced, result.busy_errors_caught) == (0, 0)
     assert result.operations >= 3 * 200  # receive, start and complete per job
     assert sum(result.attempts.values()) == result.operations
+    assert result.retries > 0
+    assert max(result.attempts) >= 2
+    # nobody starved; at this size a single 100 ms back-off moves the fair
+    # share by half, so its figure is measured at full size (docs/reliability.md)
+    assert min(result.completed_per_worker) > 0
+    assert result.ok
+
+
+def test_a_storm_in_a_reused_directory_counts_only_itself(tmp_path):
+    config = StormConfig(processes=2, workers=1, shape=TreeShape(2, 5, 1, 0.0, fail_every=0))
+    run_storm(config, tmp_path)
+    (tmp_path / "stats-9.json").write_text("{}")  # a stale file of a larger storm
+    again = run_storm(config, tmp_path)
+    assert again.ok, again.check
+    assert again.check.runs == again.check.expected == 20
+    assert len(again.completed_per_worker) == 2
 
 
 # -- the command ------------------------------------------------------------------

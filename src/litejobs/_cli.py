@@ -175,9 +175,11 @@ def _chaos_parser(commands: argparse._SubParsersAction) -> None:
             "Each trial seeds a job tree on a fresh file, runs worker processes on it, "
             "SIGKILLs them at planned points (right after a receive, as a handler starts, "
             "after its effect, inside a spawn batch, before a message delete, before a "
-            "COMMIT) and at random instants, restarts them, and checks the finished file: "
-            "nothing lost, no double effect, nothing stuck, roll-ups right, integrity_check "
-            "ok. Prints a table; exit status 1 if any trial failed."
+            "COMMIT, inside a write to the file or its log, as an fsync begins) and at "
+            "random instants, pauses some past their leases, cancels a parent, restarts "
+            "them, and checks the finished file: nothing lost, no double effect (no result "
+            "written twice or under a stale receipt), nothing stuck, retries and roll-ups "
+            "right, integrity_check ok. Prints a table; exit status 1 if any trial failed."
         ),
     )
     kill.add_argument("--trials", type=_positive, default=20, help="trials, each on a fresh file")
@@ -189,6 +191,9 @@ def _chaos_parser(commands: argparse._SubParsersAction) -> None:
     kill.add_argument("--children", type=_positive, default=8, help="per parent")
     kill.add_argument("--fan-out", type=int, default=3, help="jobs each child spawns")
     kill.add_argument("--deadline", type=float, default=120.0, help="seconds per trial")
+    kill.add_argument(
+        "--no-cancel", dest="cancel", action="store_false", help="never cancel a parent"
+    )
     kill.add_argument("--mutant", default=None, help="run a seeded bug (test extra)")
     kill.add_argument("--dir", default=None, help="keep the trials' files here")
     kill.add_argument("--json", action="store_true", help="print JSON instead")
@@ -469,15 +474,17 @@ def _chaos_kill(args: argparse.Namespace) -> int:
         shape=chaos.TreeShape(parents=args.parents, children=args.children, fan_out=args.fan_out),
         deadline_s=args.deadline,
         mutant=args.mutant,
+        cancel=args.cancel,
     )
 
     def progress(t: chaos.TrialResult) -> None:
         if not args.quiet:
             kills = ", ".join(t.killed) or "no kill"
             verdict = "ok" if t.ok else "FAILED"
+            cancel = ", a parent cancelled" if t.cancelled else ""
             print(
                 f"[{t.trial + 1}/{config.trials}] seed {t.seed}: {verdict}, "
-                f"{len(t.killed)} kills ({kills}), {t.wall_s:.1f} s",
+                f"{len(t.killed)} kills ({kills}){cancel}, {t.wall_s:.1f} s",
                 file=sys.stderr,
                 flush=True,
             )

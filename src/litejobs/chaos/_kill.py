@@ -6,14 +6,16 @@ One trial::
     seed the tree ──> start P victim processes (2 workers each)
          │            each may carry a kill point (see litejobs.chaos._victim)
          │            or be killed by this process after a random delay
+         ├──> a victim pauses: resume it once another worker holds its job
+         ├──> the cancel instant comes: cancel the last parent
          ├──> a victim dies by SIGKILL: start a fresh one (next kill from the plan)
          ├──> every victim exits 0: the tree is finished
          └──> the deadline passes: kill them all (what is left counts as stuck)
     check the file: lost, double effects, stuck, roll-ups, integrity
 
 A trial's plan comes from its seed (``seed + i`` for the i-th), so
-``--seed S --trials 1`` plans trial S again; the random-instant kills land
-where the machine's speed puts them.
+``--seed S --trials 1`` plans trial S again; the random-instant kills and
+the cancel land where the machine's speed puts them.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ from pathlib import Path
 
 import attrs
 
-from litejobs._db import Database
-from litejobs._errors import ConfigError
+from litejobs._db import Database, rows
+from litejobs._errors import ConfigError, InvalidTransitionError
+from litejobs._jobs import JobStore
+from litejobs._queue import parse_receipt
 from litejobs.chaos._tree import TreeCheck, TreeShape, check_tree, seed_tree
 from litejobs.chaos._victim import POINTS, VictimSpec
 
@@ -42,8 +46,25 @@ KILL_POINTS = ("random", *POINTS)
 #: The occurrences a point's kill is drawn from. Small, so that it happens
 #: before the tree is finished: a trial's processes see a few dozen claims
 #: and commits, and only ``children`` spawns between them.
-_AT = {"receive": 12, "handler": 12, "effect": 12, "batch": 3, "delete": 12, "commit": 40}
+_AT = {
+    "receive": 12,
+    "handler": 12,
+    "effect": 12,
+    "pause": 12,
+    "batch": 3,
+    "delete": 12,
+    "commit": 40,
+    "write": 400,
+    "sync": 30,
+}
+#: A random kill's delay, from the victim's database open; the cancel's, from
+#: the first victim's.
 _RANDOM_S = (0.05, 1.2)
+_CANCEL_S = (0.1, 1.5)
+#: A paused victim is resumed at the latest after this many leases.
+_PAUSE_LEASES = 3
+#: How often a paused victim's job is looked at, in seconds.
+_PAUSE_POLL_S = 0.005
 #: A trial whose victims crash this often (exit with an error, not a kill)
 #: stops: something is broken, and restarting it would only hide that.
 MAX_CRASHES = 3
@@ -62,6 +83,8 @@ class KillConfig:
     visibility_timeout: float = 1.0
     deadline_s: float = 120.0  # per trial
     mutant: str | None = None  # a seeded bug for the victims to run
+    cancel: bool = True  # cancel the last parent at a seeded instant (2+ parents)
+    checkpoint_pages: int = 16  # the victims' autocheckpoint, so kills land in checkpoints
 
     def __attrs_post_init__(self) -> None:
         for name in ("trials", "processes", "workers"):
@@ -69,6 +92,8 @@ class KillConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.kills < 0:
             raise ConfigError(f"kills must be >= 0, got {self.kills}")
+        if self.checkpoint_pages < 1:
+            raise ConfigError(f"checkpoint_pages must be at least 1, got {self.checkpoint_pages}")
         if not (self.deadline_s > 0 and self.visibility_timeout > 0):
             raise ConfigError(
                 "deadline_s and visibility_timeout must be > 0, "
@@ -103,6 +128,12 @@ def plan_kills(seed: int, kills: int) -> list[PlannedKill]:
     return plan
 
 
+def cancel_after(seed: int) -> float:
+    """When the trial with ``seed`` cancels its last parent: seconds after
+    the first victim opened the database."""
+    return round(random.Random(f"cancel {seed}").uniform(*_CANCEL_S), 3)
+
+
 @attrs.frozen
 class TrialResult:
     """One trial: what was planned, what happened, what the file said."""
@@ -112,6 +143,7 @@ class TrialResult:
     planned: tuple[PlannedKill, ...]
     killed: tuple[str, ...]  # the points of the kills that happened
     crashes: tuple[str, ...]  # victims that exited with an error: the last line of stderr
+    cancelled: bool  # the last parent was cancelled (not already finished)
     timed_out: bool
     check: TreeCheck
     wall_s: float
@@ -123,19 +155,44 @@ class TrialResult:
 
 @attrs.define
 class _Slot:
-    """One victim process, and the kill it carries."""
+    """One victim process, the kill it carries, and what it has said on its
+    stdout: ``ready`` (its database is open), ``paused RECEIPT``."""
 
     proc: subprocess.Popen[bytes]
     kill: PlannedKill | None
-    started: float
     stderr: Path
     pidfd: int | None = None
+    ready_at: float | None = None
+    paused: tuple[str, float] | None = None  # the receipt it holds, and since when
+    _partial: bytes = b""
 
     @property
     def kill_at(self) -> float | None:
-        if self.kill is None or self.kill.point != "random":
+        if self.kill is None or self.kill.point != "random" or self.ready_at is None:
             return None
-        return self.started + self.kill.after_s
+        return self.ready_at + self.kill.after_s
+
+    @property
+    def stdout(self) -> int | None:
+        out = self.proc.stdout
+        return None if out is None or out.closed else out.fileno()
+
+    def read(self, now: float) -> None:
+        """Take in whatever the victim has printed."""
+        fd = self.stdout
+        if fd is None or not select.select([fd], [], [], 0)[0]:
+            return
+        chunk = os.read(fd, 4096)
+        if not chunk:  # the victim is gone
+            assert self.proc.stdout is not None
+            self.proc.stdout.close()
+        *lines, self._partial = (self._partial + chunk).split(b"\n")
+        for line in lines:
+            word, _, rest = line.decode().partition(" ")
+            if word == "ready":
+                self.ready_at = now
+            elif word == "paused":
+                self.paused = (rest, now)
 
 
 def run_trial(
@@ -147,21 +204,56 @@ def run_trial(
     plan = plan_kills(seed, config.kills) if plan is None else plan
     directory.mkdir(parents=True, exist_ok=True)
     path, log = directory / "chaos.db", directory / "runs.log"
+    for stale in [*directory.glob("chaos.db*"), log, *directory.glob("victim-*.err")]:
+        stale.unlink(missing_ok=True)  # a reused --dir: old rows would count
     began = time.monotonic()
-    with Database.open(path, seed=seed) as db:
+    db = Database.open(path, seed=seed)
+    try:
         parents = seed_tree(db, config.shape)
+        killed, crashes, cancelled, timed_out = _run(config, seed, plan, db, parents, directory)
+    finally:
+        db.close()
+    check = check_tree(path, config.shape, parents, log, parents[-1:] if cancelled else ())
+    return TrialResult(
+        trial=trial,
+        seed=seed,
+        planned=tuple(plan),
+        killed=tuple(killed),
+        crashes=tuple(crashes),
+        cancelled=cancelled,
+        timed_out=timed_out,
+        check=check,
+        wall_s=time.monotonic() - began,
+    )
+
+
+def _run(
+    config: KillConfig,
+    seed: int,
+    plan: list[PlannedKill],
+    db: Database,
+    parents: list[str],
+    directory: Path,
+) -> tuple[list[str], list[str], bool, bool]:
+    """Run the victims until the tree is done, they crash too often or the
+    deadline passes; return the kills that happened, the crashes, whether
+    the cancel happened and whether the deadline passed."""
     spec = VictimSpec(
-        db=str(path),
-        log=str(log),
+        db=str(db.path),
+        log=str(directory / "runs.log"),
         shape=config.shape,
         workers=config.workers,
         visibility_timeout=config.visibility_timeout,
         mutant=config.mutant,
+        checkpoint_pages=config.checkpoint_pages,
     )
     kills = deque(plan)
     killed: list[str] = []
     crashes: list[str] = []
     launched = 0
+    cancel_in = cancel_after(seed) if config.cancel and len(parents) > 1 else None
+    first_ready: float | None = None
+    cancelled = False
 
     def launch() -> _Slot:
         nonlocal launched
@@ -178,12 +270,16 @@ def run_trial(
             # A process group of its own: a Ctrl-C at the terminal reaches
             # this process, which ends the trial, and not the victims.
             proc = subprocess.Popen(
-                victim.to_argv(), stdin=subprocess.DEVNULL, stderr=err, process_group=0
+                victim.to_argv(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                process_group=0,
             )
-        return _Slot(proc, kill, time.monotonic(), stderr, _pidfd(proc.pid))
+        return _Slot(proc, kill, stderr, _pidfd(proc.pid))
 
     slots = [launch() for _ in range(config.processes)]
-    deadline = began + config.deadline_s
+    deadline = time.monotonic() + config.deadline_s
     timed_out = False
     try:
         while slots and len(crashes) < MAX_CRASHES:
@@ -191,6 +287,14 @@ def run_trial(
             if now >= deadline:
                 timed_out = True
                 break
+            for slot in slots:
+                slot.read(now)
+                if first_ready is None:
+                    first_ready = slot.ready_at
+                if slot.paused is not None and _resume(slot, db, now, config):
+                    killed.append("pause")
+            if cancel_in is not None and first_ready is not None and now >= first_ready + cancel_in:
+                cancelled, cancel_in = _cancel(db, parents[-1]), None
             for slot in list(slots):
                 code = slot.proc.poll()
                 if code is None:
@@ -210,23 +314,44 @@ def run_trial(
                     if len(crashes) < MAX_CRASHES:
                         slots.append(launch())
                 # exit 0: the tree is finished, as far as that victim saw
-            _wait(slots, min([deadline, *(s.kill_at for s in slots if s.kill_at)]))
+            wake = [deadline, *(s.kill_at for s in slots if s.kill_at)]
+            if cancel_in is not None and first_ready is not None:
+                wake.append(first_ready + cancel_in)
+            if any(s.paused for s in slots):
+                wake.append(time.monotonic() + _PAUSE_POLL_S)
+            _wait(slots, min(wake))
     finally:
         for slot in slots:
             slot.proc.kill()
             slot.proc.wait()
             _close(slot)
-    check = check_tree(path, config.shape, parents, log)
-    return TrialResult(
-        trial=trial,
-        seed=seed,
-        planned=tuple(plan),
-        killed=tuple(killed),
-        crashes=tuple(crashes),
-        timed_out=timed_out,
-        check=check,
-        wall_s=time.monotonic() - began,
+    return killed, crashes, cancelled, timed_out
+
+
+def _resume(slot: _Slot, db: Database, now: float, config: KillConfig) -> bool:
+    """Resume a paused victim once its lease ran out and another worker took
+    its job (the message was received again, or is gone), or after
+    :data:`_PAUSE_LEASES` leases; return whether it was resumed."""
+    assert slot.paused is not None
+    receipt, since = slot.paused
+    message_id, fence = parse_receipt(receipt)
+    found = db.read(
+        lambda conn: rows(conn, "SELECT fence FROM messages WHERE id = ?", (message_id,))
     )
+    if found == [(fence,)] and now < since + _PAUSE_LEASES * config.visibility_timeout:
+        return False
+    slot.proc.send_signal(signal.SIGCONT)
+    slot.paused = None
+    return True
+
+
+def _cancel(db: Database, parent: str) -> bool:
+    """Cancel ``parent``; return False if it had already finished."""
+    try:
+        JobStore(db).cancel(parent)
+    except InvalidTransitionError:
+        return False
+    return True
 
 
 def _pidfd(pid: int) -> int | None:
@@ -240,16 +365,19 @@ def _close(slot: _Slot) -> None:
     if slot.pidfd is not None:
         os.close(slot.pidfd)
         slot.pidfd = None
+    if slot.proc.stdout is not None:
+        slot.proc.stdout.close()
 
 
 def _wait(slots: list[_Slot], until: float) -> None:
-    """Block until a victim exits or ``until`` (monotonic) comes."""
+    """Block until a victim exits or prints, or ``until`` (monotonic) comes."""
     timeout = max(0.0, until - time.monotonic())
-    fds = [s.pidfd for s in slots if s.pidfd is not None]
-    if slots and len(fds) == len(slots):
-        select.select(fds, [], [], timeout)
-    else:
-        time.sleep(min(timeout, 0.02))
+    pidfds = [s.pidfd for s in slots if s.pidfd is not None]
+    outs = [fd for s in slots if (fd := s.stdout) is not None]
+    if slots and len(pidfds) == len(slots):
+        select.select(pidfds + outs, [], [], timeout)
+    else:  # no pidfds: an exit is seen by polling
+        select.select(outs, [], [], min(timeout, 0.02))
 
 
 def _last_line(path: Path) -> str:
@@ -283,6 +411,7 @@ class KillReport:
                     "planned": [k.describe() for k in t.planned],
                     "killed": list(t.killed),
                     "crashes": list(t.crashes),
+                    "cancelled": t.cancelled,
                     "timed_out": t.timed_out,
                     "ok": t.ok,
                     "wall_s": round(t.wall_s, 3),
@@ -351,13 +480,19 @@ def format_kill(report: KillReport) -> str:
         "|---|---:|",
         f"| jobs handed in | {sum(t.check.expected for t in trials)} |",
         f"| jobs completed | {report.total('completed')} |",
+        f"| jobs cancelled with their parent | {report.total('cancelled')} |",
         f"| handler runs (a job may run more than once) | {report.total('runs')} |",
         f"| lost | {sum(t.check.lost for t in trials)} |",
         f"| double effects | {sum(t.check.double_effects for t in trials)} |",
+        f"| of which results under a stale receipt | {report.total('stale')} |",
+        f"| of which results written twice | {report.total('rewritten')} |",
+        f"| of which runs beyond starts, starts beyond receives | {report.total('overruns')} |",
+        f"| first-attempt failures wrong | {report.total('mishandled')} |",
         f"| stuck | {report.total('stuck')} |",
         f"| parents rolled up wrong | {report.total('rollups_wrong')} |",
         f"| messages left | {report.total('messages_left')} |",
         f"| integrity ok | {sum(t.check.integrity == 'ok' for t in trials)}/{len(trials)} |",
+        f"| trials with a parent cancelled mid-run | {sum(t.cancelled for t in trials)} |",
         f"| victims that crashed | {sum(len(t.crashes) for t in trials)} |",
         f"| trials past the deadline | {sum(t.timed_out for t in trials)} |",
     ]
@@ -379,6 +514,8 @@ def _problems(t: TrialResult) -> str:
         for name, value in (
             ("lost", c.lost),
             ("double effects", c.double_effects),
+            ("stale results", c.stale),
+            ("first-attempt failures wrong", c.mishandled),
             ("stuck", c.stuck),
             ("roll-ups wrong", c.rollups_wrong),
             ("messages left", c.messages_left),

@@ -36,7 +36,7 @@ class StormConfig:
     workers: int = 2
     # Children that each spawn one more, and do nothing else: 8,000 jobs.
     shape: TreeShape = attrs.field(
-        factory=lambda: TreeShape(parents=8, children=500, fan_out=1, work_s=0.0)
+        factory=lambda: TreeShape(parents=8, children=500, fan_out=1, work_s=0.0, fail_every=0)
     )
     busy_timeout: float = 5.0
     deadline_s: float = 600.0
@@ -57,7 +57,8 @@ class StormResult:
     operations: int
     retries: int
     attempts: dict[int, int]  # attempts an operation needed -> operations
-    busy_errors_surfaced: int  # BusyError raised to any caller, in any process
+    busy_errors_surfaced: int  # BusyError raised by the retry policy, in any process
+    busy_errors_caught: int  # BusyError the workers caught (a subset, if all is well)
     crashes: tuple[str, ...]
     check: TreeCheck
 
@@ -71,6 +72,7 @@ class StormResult:
             self.check.ok
             and not self.crashes
             and self.busy_errors_surfaced == 0
+            and self.busy_errors_caught == 0
             and min(self.completed_per_worker, default=0) > 0
         )
 
@@ -98,6 +100,7 @@ class StormResult:
             "retries": self.retries,
             "attempts": {str(k): v for k, v in self.attempts.items()},
             "busy_errors_surfaced": self.busy_errors_surfaced,
+            "busy_errors_caught": self.busy_errors_caught,
             "crashes": list(self.crashes),
             "check": {**attrs.asdict(self.check), "lost": self.check.lost},
         }
@@ -112,8 +115,8 @@ def run_storm(config: StormConfig, directory: Path | None = None) -> StormResult
 def _storm(config: StormConfig, where: Path) -> StormResult:
     where.mkdir(parents=True, exist_ok=True)
     path, log = where / "storm.db", where / "runs.log"
-    for stale in where.glob("storm.db*"):
-        stale.unlink()
+    for stale in [*where.glob("storm.db*"), log, *where.glob("stats-*.json")]:
+        stale.unlink(missing_ok=True)  # a reused directory: old rows and counts would count
     with Database.open(path, seed=config.seed) as db:
         parents = seed_tree(db, config.shape)
     specs = [
@@ -171,8 +174,10 @@ def _storm(config: StormConfig, where: Path) -> StormResult:
         operations=sum(s["operations"] for s in stats),
         retries=sum(s["retries"] for s in stats),
         attempts=dict(sorted(attempts.items())),
-        # Every BusyError any call raised, the pool's included (it catches them).
+        # Every BusyError the retry policy gave up with, in any call of any
+        # process, and those the workers caught, wherever they came from.
         busy_errors_surfaced=sum(s["busy_errors"] for s in stats),
+        busy_errors_caught=sum(w["busy_errors"] for w in workers),
         crashes=tuple(crashes),
         check=check_tree(path, config.shape, parents, log),
     )
@@ -213,6 +218,7 @@ def format_storm(results: list[StormResult]) -> str:
         [", ".join(f"{k}: {v}" for k, v in r.attempts.items()) for r in results],
     )
     row("BusyError surfaced", [str(r.busy_errors_surfaced) for r in results])
+    row("BusyError caught by workers", [str(r.busy_errors_caught) for r in results])
     row("jobs per worker, min / median / max", [_spread(r) for r in results])
     row(
         "least-served worker / fair share",

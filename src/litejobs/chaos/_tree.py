@@ -2,17 +2,25 @@
 
 A *tree* is ``parents`` root jobs with ``children`` children each. Every
 child at depth 0 spawns ``fan_out`` more under the same root, keyed, so a
-redelivered job that spawns again creates nothing twice. Every handler run is
-appended to a run log outside the database before anything else happens, and
-its result names the run. After a run, :func:`check_tree` compares the file
-with what the tree must have become::
+redelivered job that spawns again creates nothing twice. Every
+``fail_every``-th key fails its first attempt, so retries run through the
+queue too. Every handler run is appended to a run log outside the database
+before anything else happens, and its result names the run and the receipt
+it ran under. Triggers in the file (:data:`AUDIT`) record every result
+written and every message deleted, with the fence and receive count the
+message had. After a run, :func:`check_tree` compares the file with what the
+tree must have become::
 
     expected children ──> missing?   (lost: spawned work that never arrived)
     children present  ──> extra?     (double effect: a spawn that happened twice)
                       ──> completed, with a result a logged run produced?
+                      ──> result written once, under the live receipt?
+                      ──> runs <= starts <= receives?
+                      ──> failed its first attempt, if its key must?
                       ──> pending/running without a message?  (lost)
                       ──> pending/running with one?           (stuck)
-    parents           ──> completed, exactly when no child is active?
+    parents           ──> completed exactly when no child is active,
+                          or cancelled with no child active
     the file          ──> PRAGMA integrity_check, foreign_key_check
 """
 
@@ -20,7 +28,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -43,18 +51,29 @@ MAX_RECEIVE = 1000
 
 @attrs.frozen
 class TreeShape:
-    """How much work one run hands in: ``parents * children * (1 + fan_out)`` jobs."""
+    """How much work one run hands in: ``parents * children * (1 + fan_out)`` jobs.
+
+    A handler works ``work_s``; one whose job was redelivered after a lost
+    lease (not after a failure) works ``rerun_s``, so that a worker resumed
+    after a pause meets the job while its new holder is still at it. Every
+    ``fail_every``-th key (0: none) fails its first attempt.
+    """
 
     parents: int = 2
     children: int = 8
     fan_out: int = 3
     work_s: float = 0.01
+    rerun_s: float = 0.25
+    fail_every: int = 5
 
     def __attrs_post_init__(self) -> None:
         if min(self.parents, self.children) < 1:
             raise ConfigError("a tree needs at least 1 parent and 1 child per parent")
-        if self.fan_out < 0 or self.work_s < 0:
-            raise ConfigError(f"fan_out and work_s must be >= 0, got {self.fan_out}, {self.work_s}")
+        if min(self.fan_out, self.work_s, self.rerun_s, self.fail_every) < 0:
+            raise ConfigError(
+                "fan_out, work_s, rerun_s and fail_every must be >= 0, got "
+                f"{self.fan_out}, {self.work_s}, {self.rerun_s}, {self.fail_every}"
+            )
 
     @property
     def jobs(self) -> int:
@@ -66,9 +85,42 @@ class TreeShape:
             f"{i}.{j}" for i in range(self.children) for j in range(self.fan_out)
         ]
 
+    def failing_keys(self) -> set[str]:
+        """The keys whose first attempt fails."""
+        if not self.fail_every:
+            return set()
+        return {k for i, k in enumerate(self.keys()) if i % self.fail_every == self.fail_every - 1}
+
+
+#: What a failing key's first attempt raises with.
+FIRST_ATTEMPT_FAILS = "chaos: this key's first attempt fails"
+
+#: Triggers that record, in the trial's file, every result written to a job
+#: and every message deleted (with the fence and receive count it had), so
+#: that the check sees a second completion or one under a stale receipt even
+#: where the rows it left look right.
+AUDIT = """
+CREATE TABLE chaos_results (job_id INTEGER NOT NULL, result TEXT);
+CREATE TABLE chaos_deletes (
+    message_id INTEGER NOT NULL, job_id INTEGER, fence INTEGER NOT NULL, received INTEGER NOT NULL
+);
+CREATE TRIGGER chaos_result AFTER UPDATE OF result ON jobs
+WHEN NEW.result IS NOT OLD.result
+BEGIN
+    INSERT INTO chaos_results VALUES (NEW.id, NEW.result);
+END;
+CREATE TRIGGER chaos_delete BEFORE DELETE ON messages
+BEGIN
+    INSERT INTO chaos_deletes
+    VALUES (OLD.id, (SELECT id FROM jobs WHERE message_id = OLD.id), OLD.fence, OLD.received);
+END;
+"""
+
 
 def seed_tree(db: Database, shape: TreeShape) -> list[str]:
-    """Create the parents and their first children; return the parent ids."""
+    """Install the :data:`AUDIT` triggers, create the parents and their first
+    children; return the parent ids."""
+    db.write(lambda conn: conn.execute(AUDIT).fetchall())
     store, queue = JobStore(db), Queue(db, QUEUE, max_receive=MAX_RECEIVE)
     parents = []
     for index in range(shape.parents):
@@ -132,44 +184,54 @@ class RunLog:
         return runs
 
 
-#: Called with a point's name ("handler", "effect") at each handler step, so a
-#: harness can kill the process there.
-Hook = Callable[[str], None]
+#: Called with a point's name ("handler", "effect") and the run's receipt at
+#: each handler step, so a harness can kill or pause the process there.
+Hook = Callable[[str, str], None]
 
 
 def tree_handlers(
     runtime: Runtime, shape: TreeShape, log: RunLog, hook: Hook
 ) -> dict[str, Handler]:
-    """The ``node`` handler: log the run, work, spawn the keyed grandchildren
-    (depth 0 only) and return the run's token."""
+    """The ``node`` handler: log the run, work (fail, on a failing key's first
+    attempt), spawn the keyed grandchildren (depth 0 only) and return the
+    run's token and receipt."""
+    failing = shape.failing_keys()
 
     async def node(job: Job, ctx: JobContext) -> Any:
         token = log.record(job.id)
-        hook("handler")
-        await runtime.sleep(shape.work_s)
+        hook("handler", ctx.receipt)
+        if job.payload["key"] in failing and job.attempts == 1:
+            raise RuntimeError(FIRST_ATTEMPT_FAILS)
+        rerun = job.attempts > 1 and job.error is None
+        await runtime.sleep(shape.rerun_s if rerun else shape.work_s)
         spawned = 0
         if job.payload["depth"] == 0 and shape.fan_out:
             keys = [f"{job.payload['key']}.{j}" for j in range(shape.fan_out)]
             payloads = [{"key": key, "depth": 1} for key in keys]
             spawned = len(await ctx.spawn(KIND, payloads, keys=keys))
-        hook("effect")
-        return {"run": token, "spawned": spawned}
+        hook("effect", ctx.receipt)
+        return {"run": token, "receipt": ctx.receipt, "spawned": spawned}
 
     return {KIND: node}
 
 
 @attrs.frozen
 class TreeCheck:
-    """What the file says of one run, counted from its rows alone."""
+    """What the file says of one run, counted from its rows and audit alone."""
 
-    expected: int  # children the tree must end with
+    expected: int  # children the tree must end with (a cancelled parent: those it had)
     completed: int
+    cancelled: int  # children cancelled with their parent, as asked
     missing: int  # expected children absent: spawned work that vanished
     extra: int  # children beyond the expected keys: a spawn done twice
     orphaned: int  # pending or running with no message: nobody will run them
-    failed: int  # failed or cancelled: given up on
+    failed: int  # failed, or cancelled without a cancel: given up on
     stuck: int  # pending or running, message still there, when the run ended
     unrecorded: int  # completed with a result no logged run produced
+    rewritten: int  # results written to a job more than once
+    stale: int  # completed under a receipt that no longer held the message
+    overruns: int  # jobs run more often than started, or started more than received
+    mishandled: int  # a failing key that never failed, or an error nobody raised
     rollups_wrong: int  # parents whose status disagrees with their children
     messages_left: int
     integrity: str  # "ok", or what integrity_check/foreign_key_check said
@@ -181,7 +243,7 @@ class TreeCheck:
 
     @property
     def double_effects(self) -> int:
-        return self.extra + self.unrecorded
+        return self.extra + self.unrecorded + self.rewritten + self.stale + self.overruns
 
     @property
     def ok(self) -> bool:
@@ -189,41 +251,91 @@ class TreeCheck:
             self.lost == 0
             and self.double_effects == 0
             and self.stuck == 0
+            and self.mishandled == 0
             and self.rollups_wrong == 0
             and self.messages_left == 0
             and self.integrity == "ok"
         )
 
 
-def check_tree(path: Path, shape: TreeShape, parents: list[str], log: Path) -> TreeCheck:
-    """Open the file afresh and check it against the tree and the run log."""
+def check_tree(
+    path: Path,
+    shape: TreeShape,
+    parents: list[str],
+    log: Path,
+    cancelled: Collection[str] = (),
+) -> TreeCheck:
+    """Open the file afresh and check it against the tree and the run log;
+    the parents in ``cancelled`` were cancelled during the run."""
     with Database.open(path) as db:
-        return db.read(lambda conn: _check(conn, shape, parents, RunLog.read(log)))
+        return db.read(lambda conn: _check(conn, shape, parents, set(cancelled), RunLog.read(log)))
 
 
-def _check(conn: Any, shape: TreeShape, parents: list[str], runs: dict[str, set[str]]) -> TreeCheck:
+_COUNTS = (
+    "completed",
+    "cancelled",
+    "missing",
+    "extra",
+    "orphaned",
+    "failed",
+    "stuck",
+    "unrecorded",
+    "rewritten",
+    "stale",
+    "overruns",
+    "mishandled",
+)
+_RAISED = f"RuntimeError: {FIRST_ATTEMPT_FAILS}"
+
+
+def _check(
+    conn: Any,
+    shape: TreeShape,
+    parents: list[str],
+    cancelled: set[str],
+    runs: dict[str, set[str]],
+) -> TreeCheck:
     problems = [row[0] for row in rows(conn, "PRAGMA integrity_check")]
     problems += [f"foreign key: {row}" for row in rows(conn, "PRAGMA foreign_key_check")]
     integrity = "ok" if problems == ["ok"] else "; ".join(problems)[:200]
-    keys = set(shape.keys())
-    counts = dict.fromkeys(
-        ("completed", "missing", "extra", "orphaned", "failed", "stuck", "unrecorded"), 0
-    )
-    rollups_wrong = 0
+    keys, failing = set(shape.keys()), shape.failing_keys()
+    results = dict(rows(conn, "SELECT job_id, count(*) FROM chaos_results GROUP BY job_id"))
+    # A job's message is deleted once: with its outcome, a cancel or a dead-lettering.
+    deleted = {
+        job_id: (f"{message_id}:{fence}", received)
+        for message_id, job_id, fence, received in rows(
+            conn, "SELECT * FROM chaos_deletes WHERE job_id IS NOT NULL"
+        )
+    }
+    counts = dict.fromkeys(_COUNTS, 0)
+    expected = rollups_wrong = 0
     for parent in parents:
         children = rows(
             conn,
-            "SELECT id, key, status, result, message_id FROM jobs WHERE parent_id = ?",
+            "SELECT id, key, status, result, message_id, attempts, error FROM jobs "
+            "WHERE parent_id = ?",
             (parent,),
         )
         present = [key for _, key, *_ in children]
-        counts["missing"] += len(keys - set(present))
+        was_cancelled = parent in cancelled
+        expected += len(set(present) & keys) if was_cancelled else len(keys)
+        counts["missing"] += 0 if was_cancelled else len(keys - set(present))
         counts["extra"] += len(present) - len(set(present) & keys)
-        for job_id, _, status, result, message_id in children:
+        for job_id, key, status, result, message_id, attempts, error in children:
+            counts["rewritten"] += max(0, results.get(job_id, 0) - (status == "completed"))
+            if status != "cancelled":  # a cancel gives its reason as the error
+                allowed = (None, _RAISED) if key in failing else (None,)
+                counts["mishandled"] += error not in allowed
             if status == "completed":
                 counts["completed"] += 1
-                token = json.loads(result)["run"] if result else None
-                counts["unrecorded"] += token not in runs.get(str(job_id), ())
+                outcome = json.loads(result) if result else {}
+                counts["unrecorded"] += outcome.get("run") not in runs.get(str(job_id), ())
+                receipt, received = deleted.get(job_id, (None, 0))
+                counts["stale"] += outcome.get("receipt") != receipt
+                counts["overruns"] += not len(runs.get(str(job_id), ())) <= attempts <= received
+                counts["mishandled"] += key in failing and attempts < 2
+            elif status == "cancelled" and was_cancelled:
+                counts["cancelled"] += 1
             elif status in ("failed", "cancelled"):
                 counts["failed"] += 1
             elif message_id is None or not rows(
@@ -237,10 +349,13 @@ def _check(conn: Any, shape: TreeShape, parents: list[str], runs: dict[str, set[
         )
         # No tolerance is set, so a parent completes once no child is active.
         active = any(s in ("pending", "running") for _, _, s, *_ in children)
-        rollups_wrong += (status == "completed") == active
+        if was_cancelled:
+            rollups_wrong += status != "cancelled" or active
+        else:
+            rollups_wrong += (status == "completed") == active
     ((messages_left,),) = rows(conn, "SELECT count(*) FROM messages")
     return TreeCheck(
-        expected=len(parents) * len(keys),
+        expected=expected,
         rollups_wrong=rollups_wrong,
         messages_left=messages_left,
         integrity=integrity,

@@ -12,15 +12,28 @@ The instants it can die at (``die``, counted over the process's life):
 - ``handler``: as the N-th handler run begins (the job is running);
 - ``effect``: after the N-th handler did its work and spawned its children,
   before the worker records the result;
+- ``pause``: there too, but it stops (SIGSTOP) instead of dying, after
+  printing ``paused RECEIPT``; the harness resumes it once its lease has
+  run out and another worker holds the job, so that it records a result
+  under a stale receipt;
 - ``batch``: inside the N-th spawn transaction, between two of its inserts;
 - ``delete``: just before the N-th statement that deletes a job's message
   (inside ``complete``'s transaction, so dying there must undo the result);
-- ``commit``: just before the N-th ``COMMIT`` is executed.
+- ``commit``: just before the N-th ``COMMIT`` of a write transaction;
+- ``write``: inside the N-th write to the database file or its log, half
+  the buffer written (a torn append to the log, or a torn page of a
+  checkpoint);
+- ``sync``: as the N-th fsync of either file begins.
+
+The counts start once the database is open, so that no kill lands in the
+start-up; ``ready`` is printed then, and the harness measures a random
+kill's delay from it. ``checkpoint_pages`` makes checkpoints frequent, so
+that kills land inside them too.
 
 With ``mutant`` set, the process runs a seeded bug from
 ``litejobs.testing.MUTANTS`` (the test extra), to show the trial catches it.
-With ``barrier``, it prints ``ready`` once its database is open and waits
-for a line on stdin before its workers start, so that a lock storm's
+With ``barrier``, it waits for a line on stdin after ``ready`` before its
+workers start, so that a lock storm's
 processes start together. With ``stats``, it writes its pool's counters
 and retry metrics there as JSON when it exits normally.
 """
@@ -45,9 +58,13 @@ from litejobs._db import Database
 from litejobs._jobs import JobStore
 from litejobs._runtime import TrioRuntime
 from litejobs._worker import WorkerPool
+from litejobs.chaos._faults import Fault, FaultKind, FaultyVFS
 from litejobs.chaos._tree import RunLog, TreeShape, parents_done, tree_handlers, tree_queue
 
-POINTS = ("receive", "handler", "effect", "batch", "delete", "commit")
+POINTS = ("receive", "handler", "effect", "pause", "batch", "delete", "commit", "write", "sync")
+#: The points that are I/O calls, and the fault that marks each: the victim's
+#: VFS fires it and the victim dies instead of failing the call.
+_IO_POINTS = {"write": FaultKind.SHORT_WRITE, "sync": FaultKind.FSYNC_EIO}
 _INSERT_JOB = "INSERT INTO jobs (parent_id"
 
 
@@ -68,6 +85,7 @@ class VictimSpec:
     busy_timeout: float = 5.0
     barrier: bool = False
     stats: str | None = None
+    checkpoint_pages: int | None = None  # SQLite's default: 1000
 
     def to_argv(self) -> list[str]:
         return [sys.executable, "-m", "litejobs.chaos._victim", json.dumps(attrs.asdict(self))]
@@ -78,12 +96,18 @@ class VictimSpec:
         return cls(**{**data, "shape": TreeShape(**data["shape"])})
 
 
-def _die() -> None:
+def _die(*_: object) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _pause(receipt: str) -> None:
+    print(f"paused {receipt}", flush=True)
+    os.kill(os.getpid(), signal.SIGSTOP)
+
+
 class Tripwire:
-    """Counts the instants of ``point`` and kills the process at the ``at``-th."""
+    """Counts the instants of ``point`` and kills (or pauses) the process at
+    the ``at``-th."""
 
     def __init__(self, point: str | None, at: int) -> None:
         if point is not None and point not in POINTS:
@@ -92,20 +116,35 @@ class Tripwire:
         self.at = at
         self.seen: Counter[str] = Counter()
 
-    def __call__(self, point: str) -> None:
+    def __call__(self, point: str, receipt: str = "") -> None:
+        if point == "effect" and self.point == "pause":
+            point = "pause"
         if point == self.point:
             self.seen[point] += 1
-            if self.seen[point] == self.at:
+            if self.seen[point] != self.at:
+                return
+            if point == "pause":
+                _pause(receipt)
+            else:
                 _die()
 
-    def install(self) -> None:
-        """Watch the statements of every connection this process opens (the
-        points ``receive``, ``batch`` and ``commit`` are statements)."""
+    def vfs(self, stack: contextlib.ExitStack) -> FaultyVFS | None:
+        """The VFS to open the database through, for the I/O points."""
+        if self.point not in _IO_POINTS:
+            return None
+        return stack.enter_context(FaultyVFS(on_fire=_die))
+
+    def start(self, vfs: FaultyVFS | None) -> None:
+        """Watch what this process does from now on: the statements of every
+        connection it opens next (``receive``, ``batch``, ``delete`` and
+        ``commit`` are statements), or its I/O (``write`` and ``sync``)."""
         if self.point in ("receive", "batch", "delete", "commit"):
             apsw.connection_hooks.append(self._watch)
+        if vfs is not None and self.point in _IO_POINTS:
+            vfs.arm(Fault(_IO_POINTS[self.point], at=self.at - 1))
 
     def _watch(self, conn: apsw.Connection) -> None:
-        state = {"claimed": False, "inserts": 0}
+        state = {"claimed": False, "inserts": 0, "writing": False}
 
         def claimed(cursor: apsw.Cursor, row: Any) -> Any:
             state["claimed"] = True
@@ -121,13 +160,14 @@ class Tripwire:
                 cursor.row_trace = claimed
             elif sql.startswith("BEGIN"):
                 state["inserts"] = 0
+                state["writing"] = sql.startswith("BEGIN IMMEDIATE")
             elif sql.lstrip().startswith(_INSERT_JOB):
                 state["inserts"] += 1
                 if state["inserts"] == 2:
                     self("batch")
             elif sql.startswith(_queue.DELETE):
                 self("delete")
-            elif sql.startswith("COMMIT"):
+            elif sql.startswith("COMMIT") and state["writing"]:
                 self("commit")
             return True
 
@@ -180,17 +220,27 @@ def _write_stats(path: Path, pool: WorkerPool, started_ms: int, ended_ms: int) -
 def main(argv: list[str]) -> int:
     spec = VictimSpec.from_json(argv[0])
     tripwire = Tripwire(spec.die, spec.at)
-    tripwire.install()
+    if spec.checkpoint_pages is not None:
+        pages = spec.checkpoint_pages
+        apsw.connection_hooks.append(lambda conn: conn.wal_autocheckpoint(pages))
     with contextlib.ExitStack() as stack:
         if spec.mutant is not None:
             from litejobs.testing._mutants import mutant
 
             stack.enter_context(mutant(spec.mutant))
+        vfs = tripwire.vfs(stack)
         db = stack.enter_context(
-            Database.open(spec.db, seed=spec.seed, busy_timeout=spec.busy_timeout)
+            Database.open(
+                spec.db,
+                seed=spec.seed,
+                busy_timeout=spec.busy_timeout,
+                vfs=None if vfs is None else vfs.name,
+            )
         )
+        # The workers' threads open connections of their own: those are watched.
+        tripwire.start(vfs)
+        print("ready", flush=True)
         if spec.barrier:
-            print("ready", flush=True)
             sys.stdin.readline()
         trio.run(_serve, db, spec, tripwire)
     return 0
