@@ -188,6 +188,7 @@ def test_a_batch_with_an_unreadable_body_gives_the_rest_back_unspent(db, queue, 
     assert [(m.id, m.body, m.receive_count) for m in got] == [(first, "a", 1), (last, "c", 1)]
     dead = rows(db.connection(), "SELECT id FROM messages WHERE dead_at IS NOT NULL")
     assert dead == [(int(poisoned),)]
+    assert [(d.id, type(d.body)) for d in queue.dead_letters()] == [(poisoned, bytes)]
 
 
 def test_before_the_rest_of_a_batch_is_read_again_the_next_batch_returns_exactly_it(db, queue):
@@ -222,6 +223,22 @@ def test_a_batch_of_unreadable_bodies_only_names_them_all(db, queue):
     assert f"message {ids[1]} holds" in str(raised.value)
     assert "given back" not in str(raised.value)
     assert received(db, *ids) == [1, 1]
+
+
+def test_unreadable_dead_letters_are_listed_as_their_bytes_and_can_be_redriven(db, queue):
+    good, not_utf8, not_json = queue.send_batch(["good", "x", "y"])
+    for message_id, bad in ((not_utf8, NOT_UTF8), (not_json, NOT_JSON)):
+        rows(db.connection(), f"UPDATE messages SET body = {bad} WHERE id = ?", (message_id,))
+    rows(db.connection(), "UPDATE messages SET received = max_receive")  # all used up
+    assert [(d.id, d.body) for d in queue.dead_letters()] == [
+        (good, "good"),
+        (not_utf8, b"{\xff}"),
+        (not_json, b'{"open": ['),
+    ]
+    assert queue.redrive([not_utf8, not_json]) == 2
+    assert [d.id for d in queue.dead_letters()] == [good]
+    assert queue.stats() == litejobs.QueueStats(visible=2, delayed=0, in_flight=0, dead=1)
+    assert received(db, not_utf8, not_json) == [0, 0]
 
 
 def test_an_unreadable_payload_is_a_payload_error_that_changes_nothing(db):

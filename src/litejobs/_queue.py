@@ -55,7 +55,13 @@ class QueueStats:
 @attrs.frozen
 class DeadLetter:
     """A message that was received ``receive_count`` times without being
-    deleted; ``dead_at`` is when its last lease ran out (UTC ms)."""
+    deleted; ``dead_at`` is when its last lease ran out (UTC ms).
+
+    ``body`` is the decoded JSON, or, for a body that is not UTF-8 JSON
+    (something other than litejobs wrote it), the stored bytes as they are:
+    JSON never decodes to ``bytes``, so ``bytes`` always means unreadable, and
+    one such message does not hide the others from a person looking.
+    """
 
     id: str
     body: Any
@@ -300,12 +306,13 @@ class Queue:
         oldest death first.
 
         A dead job message is not listed: the next sweep fails its job and
-        deletes it (``stats().dead`` still counts it until then).
+        deletes it (``stats().dead`` still counts it until then). A body that
+        is not UTF-8 JSON is listed as its raw bytes (see :class:`DeadLetter`).
         """
         params = {"queue": self.name, "now": self.db.clock.now_ms()}
         found = self.db.read(lambda conn: rows(conn, _DEAD_LETTERS, params))
         return [
-            DeadLetter(id=str(mid), body=loads(body, f"message {mid}"), receive_count=n, dead_at=at)
+            DeadLetter(id=str(mid), body=_dead_body(body, mid), receive_count=n, dead_at=at)
             for mid, body, n, at in found
         ]
 
@@ -358,6 +365,13 @@ def _unreadable(unreadable: list[str], after: str) -> InvalidPayloadError:
         "; ".join(unreadable) + ": such a message goes to the dead letters once it has "
         "been received max_receive times" + after
     )
+
+
+def _dead_body(body: bytes, message_id: int) -> Any:
+    try:
+        return loads(body, f"message {message_id}")
+    except InvalidPayloadError:
+        return body
 
 
 def _not_a_str(values: Iterable[str], name: str) -> Iterable[str]:
@@ -559,7 +573,7 @@ FROM (
 """
 
 _DEAD_LETTERS = """
-SELECT id, body, received, coalesce(dead_at, timeout) FROM messages
+SELECT id, CAST(body AS BLOB), received, coalesce(dead_at, timeout) FROM messages
 WHERE queue = :queue AND (dead_at IS NOT NULL OR (received >= max_receive AND timeout <= :now))
 AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.message_id = messages.id)
 ORDER BY coalesce(dead_at, timeout), id
