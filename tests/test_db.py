@@ -358,3 +358,14 @@ def test_a_thread_s_connection_is_closed_when_the_thread_ends(db):
     for conn in seen:
         with pytest.raises(apsw.ConnectionClosedError):
             conn.execute("SELECT 1")
+
+
+def test_text_apsw_cannot_decode_is_a_payload_error_even_where_a_read_forgot_the_cast(db, store):
+    store.create_parent("p")
+    rows(db.connection(), "UPDATE jobs SET kind = CAST(x'7bff7d' AS TEXT)")
+    with pytest.raises(
+        litejobs.InvalidPayloadError, match=r"holds text that is not valid UTF-8 \(byte 1\)"
+    ) as raised:
+        db.read(lambda conn: rows(conn, "SELECT kind FROM jobs"))
+    assert not isinstance(raised.value, UnicodeError)
+    assert db.connection().get_autocommit()

@@ -337,6 +337,36 @@ def test_one_unreadable_row_does_not_stop_a_pool(tmp_path, column, bad):
                 store.get(poisoned)
 
 
+# -- text that is not valid Unicode ---------------------------------------------------
+
+
+def test_a_lone_surrogate_in_a_name_kind_or_key_is_a_config_error_that_changes_nothing(db):
+    queue, store, child = seeded(db)
+    parent = store.get(child).parent_id
+    bad_queue = litejobs.Queue(db, "q\ud800")
+    before = snapshot(db)
+    for call in (
+        lambda: bad_queue.send(1),
+        lambda: bad_queue.send_batch([1, 2]),
+        lambda: bad_queue.receive(visibility_timeout=1),
+        lambda: bad_queue.receive_batch(2, visibility_timeout=1),
+        lambda: bad_queue.stats(),
+        lambda: store.create_parent("k\ud800"),
+        lambda: store.spawn_children(parent, "k\ud800", [1], queue=queue),
+        lambda: store.spawn_children(parent, "k", [1, 2], queue=queue, keys=["a", "\ud800"]),
+        lambda: store.get("\ud800"),
+    ):
+        with pytest.raises(
+            litejobs.ConfigError,
+            match=r"^text passed to litejobs must be valid Unicode: surrogates not allowed at "
+            r"character \d+ of '.*\\ud800'; nothing was written$",
+        ) as raised:
+            call()
+        assert not isinstance(raised.value, UnicodeError)
+    assert snapshot(db) == before
+    assert db.connection().get_autocommit()
+
+
 # -- SQL metacharacters -----------------------------------------------------------
 
 HOSTILE = [

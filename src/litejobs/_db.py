@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import reprlib
 import threading
 import weakref
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +25,7 @@ from litejobs._clock import Clock, SystemClock
 from litejobs._errors import (
     BusyError,
     ConfigError,
+    InvalidPayloadError,
     LiteJobsError,
     SchemaError,
     StorageError,
@@ -69,6 +71,25 @@ def translate(exc: apsw.Error, path: str) -> LiteJobsError:
     if isinstance(exc, _STORAGE_ERRORS):
         return StorageError(f"cannot use database {path}: {exc}")
     return LiteJobsError(f"unexpected SQLite error on {path}: {type(exc).__name__}: {exc}")
+
+
+def for_caller(exc: BaseException, path: str) -> BaseException:
+    """What a caller sees for ``exc``, raised while a statement ran: the
+    litejobs error for an apsw one, or for text apsw could not bind or read;
+    anything else (a litejobs error, an interrupt) as it is."""
+    if isinstance(exc, apsw.Error):
+        return translate(exc, path)
+    if isinstance(exc, UnicodeEncodeError):  # a lone surrogate in a name, kind or key
+        return ConfigError(
+            f"text passed to litejobs must be valid Unicode: {exc.reason} at character "
+            f"{exc.start} of {reprlib.repr(exc.object)}; nothing was written"
+        )
+    if isinstance(exc, UnicodeDecodeError):  # every TEXT read should be CAST AS BLOB
+        return InvalidPayloadError(
+            f"database {path} holds text that is not valid UTF-8 (byte {exc.start}); "
+            "something other than litejobs wrote it"
+        )
+    return exc
 
 
 def _close(conn: apsw.Connection) -> apsw.Error | None:
@@ -380,50 +401,41 @@ class Database:
         return self._with_retry(lambda conn: _transaction(conn, "BEGIN", fn))
 
     def _with_retry(self, op: Callable[[apsw.Connection], T]) -> T:
+        """Run ``op(conn)`` on this thread's connection, again after each
+        ``SQLITE_BUSY`` until the policy's attempts run out, counting the
+        attempts once; every other error leaves as :func:`for_caller` says."""
         conn = self.connection()
         if not conn.get_autocommit():
             # Only an interrupt between BEGIN returning and our handler
             # running can leave this; it would hold the write lock forever.
             conn.execute("ROLLBACK")
         once = getattr(self._local, "once", False)
-        try:
-            result = op(conn)
-        except apsw.BusyError:
-            if once:
-                raise BusyAttempt from None
-            return self._retry_after_busy(conn, op)
-        except apsw.Error as exc:
-            if not once:
-                self._counter.record(1)
-            raise translate(exc, self.path) from exc
-        except BaseException:
-            if not once:
-                self._counter.record(1)
-            raise
-        if not once:
-            self._counter.record(1)
-        return result
-
-    def _retry_after_busy(self, conn: apsw.Connection, op: Callable[[apsw.Connection], T]) -> T:
-        """The slow path: wait and run ``op`` again until it stops meeting
-        ``SQLITE_BUSY`` or the policy's attempts run out."""
         attempt = 1
-        for delay in self.retry_delays():
-            self.clock.sleep(delay)
-            attempt += 1
+        delays: Iterator[float] | None = None  # made on the first busy attempt only
+        while True:
             try:
                 result = op(conn)
             except apsw.BusyError:
+                if once:
+                    raise BusyAttempt from None
+                if delays is None:
+                    delays = self.retry_delays()
+                delay = next(delays, None)
+                if delay is None:
+                    raise self.gave_up(attempt) from None
+                self.clock.sleep(delay)
+                attempt += 1
                 continue
-            except apsw.Error as exc:
+            except BaseException as exc:
+                if not once:
+                    self._counter.record(attempt)
+                error = for_caller(exc, self.path)
+                if error is exc:
+                    raise
+                raise error from exc
+            if not once:
                 self._counter.record(attempt)
-                raise translate(exc, self.path) from exc
-            except BaseException:
-                self._counter.record(attempt)
-                raise
-            self._counter.record(attempt)
             return result
-        raise self.gave_up(attempt)
 
     # -- retries driven from outside (see litejobs._runtime.run_db) ------------
 
