@@ -23,7 +23,14 @@ from litejobs.chaos import (
     run_trial,
     seed_tree,
 )
-from litejobs.chaos._tree import FIRST_ATTEMPT_FAILS, KIND, RunLog, tree_queue
+from litejobs.chaos._tree import (
+    FIRST_ATTEMPT_FAILS,
+    KIND,
+    RunLog,
+    plain_queue,
+    plain_run,
+    tree_queue,
+)
 
 SMALL = TreeShape(parents=2, children=4, fan_out=2, work_s=0.005)
 
@@ -52,6 +59,10 @@ def run_by_hand(db, log, *, cancel=None, stop_after=None):
         done += 1
         if done == stop_after:
             store.cancel(cancel)
+    plain = plain_queue(db)
+    while (message := plain.receive(visibility_timeout=30)) is not None:
+        runs.record(plain_run(message.receipt))
+        plain.delete(message.receipt)
     runs.close()
 
 
@@ -158,6 +169,20 @@ def test_a_result_written_again_under_its_own_receipt_is_still_a_double_effect(t
     assert not check.ok
 
 
+def test_a_plain_message_deleted_without_a_run_or_gone_unseen_is_lost(tree):
+    path, log, parents = tree
+    with litejobs.Database.open(path) as db:
+        plain = plain_queue(db)
+        plain.send("sent after the run, deleted by nobody's run")
+        plain.delete(plain.receive(visibility_timeout=30).receipt)
+        plain.send("vanishes")
+        db.write(lambda conn: rows(conn, "DROP TRIGGER chaos_delete"))
+        db.write(lambda conn: rows(conn, "DELETE FROM messages WHERE queue = 'chaos-plain'"))
+    check = check_tree(path, attrs.evolve(SMALL, plain=SMALL.plain + 2), parents, log)
+    assert check.plain_lost == 2
+    assert check.lost == 2
+
+
 def test_more_runs_than_starts_or_more_starts_than_receives_is_an_overrun(tree):
     path, log, parents = tree
     damage(
@@ -246,15 +271,17 @@ def test_a_resumed_worker_completing_under_a_stale_receipt_is_caught(tmp_path):
 def test_a_reused_directory_starts_from_a_fresh_file_and_log(tmp_path):
     config = KillConfig(processes=1, kills=0, cancel=False)
     first = run_trial(config, 0, tmp_path, plan=[])
+    logged = RunLog.read(tmp_path / "runs.log")
     second = run_trial(config, 0, tmp_path, plan=[])
     assert first.ok
     assert second.ok, second.check
     assert second.check.runs == first.check.runs
-    assert sum(len(t) for t in RunLog.read(tmp_path / "runs.log").values()) == second.check.runs
+    again = RunLog.read(tmp_path / "runs.log")
+    assert sum(map(len, again.values())) == sum(map(len, logged.values()))
 
 
 def test_a_kill_between_saving_a_result_and_deleting_its_message_is_caught(tmp_path):
-    config = KillConfig(processes=1, mutant="save_and_delete_apart")
+    config = KillConfig(processes=1, mutant="save_and_delete_apart", cancel=False)
     result = run_trial(config, 0, tmp_path, plan=[PlannedKill("delete", at=3)])
     assert result.killed == ("delete",)
     assert result.check.messages_left == 1
@@ -298,7 +325,7 @@ def test_a_bad_setting_on_the_command_line_is_a_one_line_error_and_exit_1(capsys
 
 def test_a_small_storm_finishes_every_job_with_no_busy_error(tmp_path):
     # A 10 ms busy timeout hands most lock waits to the retry policy.
-    shape = TreeShape(4, 25, 1, 0.0, fail_every=0)
+    shape = TreeShape(4, 25, 1, 0.0, fail_every=0, plain=0)
     config = StormConfig(processes=3, workers=2, shape=shape, busy_timeout=0.01)
     result = run_storm(config, tmp_path)
     assert result.crashes == ()
@@ -317,7 +344,9 @@ def test_a_small_storm_finishes_every_job_with_no_busy_error(tmp_path):
 
 
 def test_a_storm_in_a_reused_directory_counts_only_itself(tmp_path):
-    config = StormConfig(processes=2, workers=1, shape=TreeShape(2, 5, 1, 0.0, fail_every=0))
+    config = StormConfig(
+        processes=2, workers=1, shape=TreeShape(2, 5, 1, 0.0, fail_every=0, plain=0)
+    )
     run_storm(config, tmp_path)
     (tmp_path / "stats-9.json").write_text("{}")  # a stale file of a larger storm
     again = run_storm(config, tmp_path)

@@ -441,7 +441,9 @@ def _chaos_storm(args: argparse.Namespace) -> int:
     from litejobs import chaos
 
     # 8 parents, each child spawning one more: jobs = 8 * children * 2.
-    shape = chaos.TreeShape(parents=8, children=max(1, args.jobs // 16), fan_out=1, work_s=0)
+    shape = chaos.TreeShape(
+        parents=8, children=max(1, args.jobs // 16), fan_out=1, work_s=0, fail_every=0, plain=0
+    )
     results = []
     for busy_timeout in args.busy_timeout:
         config = chaos.StormConfig(

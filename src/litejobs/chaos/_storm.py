@@ -36,7 +36,9 @@ class StormConfig:
     workers: int = 2
     # Children that each spawn one more, and do nothing else: 8,000 jobs.
     shape: TreeShape = attrs.field(
-        factory=lambda: TreeShape(parents=8, children=500, fan_out=1, work_s=0.0, fail_every=0)
+        factory=lambda: TreeShape(
+            parents=8, children=500, fan_out=1, work_s=0.0, fail_every=0, plain=0
+        )
     )
     busy_timeout: float = 5.0
     deadline_s: float = 600.0

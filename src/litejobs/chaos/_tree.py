@@ -1,6 +1,7 @@
 """The work the chaos harnesses run, and the check of what it left behind.
 
-A *tree* is ``parents`` root jobs with ``children`` children each. Every
+A *tree* is ``parents`` root jobs with ``children`` children each, and
+``plain`` plain messages on a queue of their own (:func:`serve_plain`). Every
 child at depth 0 spawns ``fan_out`` more under the same root, keyed, so a
 redelivered job that spawns again creates nothing twice. Every
 ``fail_every``-th key fails its first attempt, so retries run through the
@@ -11,6 +12,7 @@ written and every message deleted, with the fence and receive count the
 message had. After a run, :func:`check_tree` compares the file with what the
 tree must have become::
 
+    plain messages    ──> deleted once, by a run under the live receipt?
     expected children ──> missing?   (lost: spawned work that never arrived)
     children present  ──> extra?     (double effect: a spawn that happened twice)
                       ──> completed, with a result a logged run produced?
@@ -26,6 +28,7 @@ tree must have become::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Collection
@@ -35,13 +38,14 @@ from typing import Any
 import attrs
 
 from litejobs._db import Database, rows
-from litejobs._errors import ConfigError
+from litejobs._errors import ConfigError, StaleReceiptError
 from litejobs._jobs import Job, JobStore
 from litejobs._queue import Queue
 from litejobs._runtime import Runtime
-from litejobs._worker import Handler, JobContext
+from litejobs._worker import Handler, JobContext, WorkerPool
 
 QUEUE = "chaos"
+PLAIN_QUEUE = "chaos-plain"
 KIND = "node"
 PARENT_KIND = "chaos-tree"
 #: Receives before a message is dead: far more than a trial's kills, so a
@@ -65,14 +69,15 @@ class TreeShape:
     work_s: float = 0.01
     rerun_s: float = 0.25
     fail_every: int = 5
+    plain: int = 8
 
     def __attrs_post_init__(self) -> None:
         if min(self.parents, self.children) < 1:
             raise ConfigError("a tree needs at least 1 parent and 1 child per parent")
-        if min(self.fan_out, self.work_s, self.rerun_s, self.fail_every) < 0:
+        if min(self.fan_out, self.work_s, self.rerun_s, self.fail_every, self.plain) < 0:
             raise ConfigError(
-                "fan_out, work_s, rerun_s and fail_every must be >= 0, got "
-                f"{self.fan_out}, {self.work_s}, {self.rerun_s}, {self.fail_every}"
+                "fan_out, work_s, rerun_s, fail_every and plain must be >= 0, got "
+                f"{self.fan_out}, {self.work_s}, {self.rerun_s}, {self.fail_every}, {self.plain}"
             )
 
     @property
@@ -102,7 +107,8 @@ FIRST_ATTEMPT_FAILS = "chaos: this key's first attempt fails"
 AUDIT = """
 CREATE TABLE chaos_results (job_id INTEGER NOT NULL, result TEXT);
 CREATE TABLE chaos_deletes (
-    message_id INTEGER NOT NULL, job_id INTEGER, fence INTEGER NOT NULL, received INTEGER NOT NULL
+    message_id INTEGER NOT NULL, queue TEXT NOT NULL, job_id INTEGER,
+    fence INTEGER NOT NULL, received INTEGER NOT NULL
 );
 CREATE TRIGGER chaos_result AFTER UPDATE OF result ON jobs
 WHEN NEW.result IS NOT OLD.result
@@ -111,8 +117,9 @@ BEGIN
 END;
 CREATE TRIGGER chaos_delete BEFORE DELETE ON messages
 BEGIN
-    INSERT INTO chaos_deletes
-    VALUES (OLD.id, (SELECT id FROM jobs WHERE message_id = OLD.id), OLD.fence, OLD.received);
+    INSERT INTO chaos_deletes VALUES (
+        OLD.id, OLD.queue, (SELECT id FROM jobs WHERE message_id = OLD.id), OLD.fence, OLD.received
+    );
 END;
 """
 
@@ -130,7 +137,18 @@ def seed_tree(db: Database, shape: TreeShape) -> list[str]:
             parent, KIND, [{"key": key, "depth": 0} for key in keys], queue=queue, keys=keys
         )
         parents.append(parent)
+    plain_queue(db).send_batch([{"plain": i} for i in range(shape.plain)])
     return parents
+
+
+def plain_queue(db: Database) -> Queue:
+    """The queue of the tree's plain messages."""
+    return Queue(db, PLAIN_QUEUE, max_receive=MAX_RECEIVE)
+
+
+def plain_run(receipt: str) -> str:
+    """The run log's name for a plain message's run under ``receipt``."""
+    return f"m{receipt}"
 
 
 def tree_queue(db: Database) -> Queue:
@@ -138,16 +156,18 @@ def tree_queue(db: Database) -> Queue:
     return Queue(db, QUEUE, max_receive=MAX_RECEIVE)
 
 
-def parents_done(db: Database) -> bool:
-    """Whether every parent is terminal: the tree is finished."""
+def tree_done(db: Database) -> bool:
+    """Whether every parent is terminal and every plain message deleted."""
     found = db.read(
         lambda conn: rows(
             conn,
             "SELECT count(*) FROM jobs WHERE parent_id IS NULL "
-            "AND status NOT IN ('completed', 'failed', 'cancelled')",
+            "AND status NOT IN ('completed', 'failed', 'cancelled') "
+            "UNION ALL SELECT count(*) FROM messages WHERE queue = ?",
+            (PLAIN_QUEUE,),
         )
     )
-    return found[0][0] == 0
+    return found == [(0,), (0,)]
 
 
 class RunLog:
@@ -189,6 +209,19 @@ class RunLog:
 Hook = Callable[[str, str], None]
 
 
+async def serve_plain(pool: WorkerPool, queue: Queue, log: RunLog) -> bool:
+    """Take one plain message: log the run under its receipt, then delete it
+    (a stale receipt means another process has it now). Return whether there
+    was one."""
+    message = await pool.call(queue.receive, visibility_timeout=pool.visibility_timeout)
+    if message is None:
+        return False
+    log.record(plain_run(message.receipt))
+    with contextlib.suppress(StaleReceiptError):
+        await pool.call(queue.delete, message.receipt)
+    return True
+
+
 def tree_handlers(
     runtime: Runtime, shape: TreeShape, log: RunLog, hook: Hook
 ) -> dict[str, Handler]:
@@ -223,6 +256,7 @@ class TreeCheck:
     completed: int
     cancelled: int  # children cancelled with their parent, as asked
     missing: int  # expected children absent: spawned work that vanished
+    plain_lost: int  # plain messages gone without a run under their last receipt
     extra: int  # children beyond the expected keys: a spawn done twice
     orphaned: int  # pending or running with no message: nobody will run them
     failed: int  # failed, or cancelled without a cancel: given up on
@@ -239,7 +273,7 @@ class TreeCheck:
 
     @property
     def lost(self) -> int:
-        return self.missing + self.orphaned + self.failed
+        return self.missing + self.plain_lost + self.orphaned + self.failed
 
     @property
     def double_effects(self) -> int:
@@ -275,6 +309,7 @@ _COUNTS = (
     "completed",
     "cancelled",
     "missing",
+    "plain_lost",
     "extra",
     "orphaned",
     "failed",
@@ -304,10 +339,22 @@ def _check(
     deleted = {
         job_id: (f"{message_id}:{fence}", received)
         for message_id, job_id, fence, received in rows(
-            conn, "SELECT * FROM chaos_deletes WHERE job_id IS NOT NULL"
+            conn,
+            "SELECT message_id, job_id, fence, received FROM chaos_deletes "
+            "WHERE job_id IS NOT NULL",
         )
     }
     counts = dict.fromkeys(_COUNTS, 0)
+    plain = rows(
+        conn, "SELECT message_id, fence FROM chaos_deletes WHERE queue = ?", (PLAIN_QUEUE,)
+    )
+    ((plain_left,),) = rows(conn, "SELECT count(*) FROM messages WHERE queue = ?", (PLAIN_QUEUE,))
+    counts["plain_lost"] = (
+        shape.plain
+        - len(plain)
+        - plain_left
+        + sum(plain_run(f"{message_id}:{fence}") not in runs for message_id, fence in plain)
+    )
     expected = rollups_wrong = 0
     for parent in parents:
         children = rows(
@@ -359,6 +406,6 @@ def _check(
         rollups_wrong=rollups_wrong,
         messages_left=messages_left,
         integrity=integrity,
-        runs=sum(len(tokens) for tokens in runs.values()),
+        runs=sum(len(tokens) for name, tokens in runs.items() if name.isdigit()),
         **counts,
     )

@@ -2,8 +2,9 @@
 trial's file, which may be told to SIGKILL itself at a chosen instant.
 
 Run as ``python -m litejobs.chaos._victim SPEC`` where SPEC is the JSON of
-:class:`VictimSpec`. It works until every parent is terminal (then exits 0),
-its parent process goes away, or it dies where it was told to.
+:class:`VictimSpec`. It works, taking the tree's plain messages between
+jobs, until the tree is done (then exits 0), its parent process goes away,
+or it dies where it was told to.
 
 The instants it can die at (``die``, counted over the process's life):
 
@@ -59,7 +60,15 @@ from litejobs._jobs import JobStore
 from litejobs._runtime import TrioRuntime
 from litejobs._worker import WorkerPool
 from litejobs.chaos._faults import Fault, FaultKind, FaultyVFS
-from litejobs.chaos._tree import RunLog, TreeShape, parents_done, tree_handlers, tree_queue
+from litejobs.chaos._tree import (
+    RunLog,
+    TreeShape,
+    plain_queue,
+    serve_plain,
+    tree_done,
+    tree_handlers,
+    tree_queue,
+)
 
 POINTS = ("receive", "handler", "effect", "pause", "batch", "delete", "commit", "write", "sync")
 #: The points that are I/O calls, and the fault that marks each: the victim's
@@ -165,7 +174,7 @@ class Tripwire:
                 state["inserts"] += 1
                 if state["inserts"] == 2:
                     self("batch")
-            elif sql.startswith(_queue.DELETE):
+            elif sql == _queue.DELETE:  # a job's message; Queue.delete runs DELETE_PLAIN
                 self("delete")
             elif sql.startswith("COMMIT") and state["writing"]:
                 self("commit")
@@ -187,11 +196,15 @@ async def _serve(db: Database, spec: VictimSpec, tripwire: Tripwire) -> None:
         visibility_timeout=spec.visibility_timeout,
         seed=spec.seed,
     )
-    parent, started = os.getppid(), runtime.now_ms()
+    parent, started, plain = os.getppid(), runtime.now_ms(), plain_queue(db)
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(pool.run)
-            while not await pool.call(parents_done, db) and os.getppid() == parent:
+            while os.getppid() == parent:
+                if await serve_plain(pool, plain, log):
+                    continue
+                if await pool.call(tree_done, db):
+                    break
                 await runtime.sleep(spec.poll_interval)
             pool.stop()
     finally:
