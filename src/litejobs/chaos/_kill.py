@@ -294,7 +294,7 @@ def _run(
                 if slot.paused is not None and _resume(slot, db, now, config):
                     killed.append("pause")
             if cancel_in is not None and first_ready is not None and now >= first_ready + cancel_in:
-                cancelled, cancel_in = _cancel(db, parents[-1]), None
+                cancelled, cancel_in = _cancel(db, parents[-1], config.mutant), None
             for slot in list(slots):
                 code = slot.proc.poll()
                 if code is None:
@@ -345,12 +345,18 @@ def _resume(slot: _Slot, db: Database, now: float, config: KillConfig) -> bool:
     return True
 
 
-def _cancel(db: Database, parent: str) -> bool:
-    """Cancel ``parent``; return False if it had already finished."""
-    try:
-        JobStore(db).cancel(parent)
-    except InvalidTransitionError:
-        return False
+def _cancel(db: Database, parent: str, mutant: str | None) -> bool:
+    """Cancel ``parent`` (under the victims' seeded bug, if any); return False
+    if it had already finished."""
+    with contextlib.ExitStack() as stack:
+        if mutant is not None:
+            from litejobs.testing._mutants import mutant as seeded
+
+            stack.enter_context(seeded(mutant))
+        try:
+            JobStore(db).cancel(parent)
+        except InvalidTransitionError:
+            return False
     return True
 
 
