@@ -324,22 +324,22 @@ def test_a_bad_setting_on_the_command_line_is_a_one_line_error_and_exit_1(capsys
 
 
 def test_a_small_storm_finishes_every_job_with_no_busy_error(tmp_path):
-    # A 10 ms busy timeout hands most lock waits to the retry policy.
-    shape = TreeShape(4, 25, 1, 0.0, fail_every=0, plain=0)
-    config = StormConfig(processes=3, workers=2, shape=shape, busy_timeout=0.01)
+    # A 2 ms busy timeout hands most lock waits to litejobs' retry policy.
+    shape = TreeShape(4, 50, 1, 0.0, fail_every=0, plain=0)
+    config = StormConfig(processes=3, workers=2, shape=shape, busy_timeout=0.002)
     result = run_storm(config, tmp_path)
     assert result.crashes == ()
     assert result.check.ok, result.check
     assert len(result.completed_per_worker) == 6
-    assert sum(result.completed_per_worker) == result.check.completed == 200
+    assert sum(result.completed_per_worker) == result.check.completed == 400
     assert (result.busy_errors_surfaced, result.busy_errors_caught) == (0, 0)
-    assert result.operations >= 3 * 200  # receive, start and complete per job
+    assert result.operations >= 3 * 400  # receive, start and complete per job
     assert sum(result.attempts.values()) == result.operations
     assert result.retries > 0
     assert max(result.attempts) >= 2
-    # nobody starved; at this size a single 100 ms back-off moves the fair
-    # share by half, so its figure is measured at full size (docs/reliability.md)
-    assert min(result.completed_per_worker) > 0
+    # Nobody starved. At this size one 100 ms back-off is a sixth of the run,
+    # so the bound is loose; the full-size spread is in docs/reliability.md.
+    assert result.spread()["min_over_fair_share"] > 0.15
     assert result.ok
 
 
