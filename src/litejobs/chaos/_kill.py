@@ -21,6 +21,7 @@ the cancel land where the machine's speed puts them.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import random
 import select
@@ -35,9 +36,10 @@ from pathlib import Path
 import attrs
 
 from litejobs._db import Database, rows
-from litejobs._errors import ConfigError, InvalidTransitionError
+from litejobs._errors import BusyError, ConfigError, InvalidTransitionError
 from litejobs._jobs import JobStore
 from litejobs._queue import parse_receipt
+from litejobs._retry import RetryPolicy
 from litejobs.chaos._tree import TreeCheck, TreeShape, check_tree, seed_tree
 from litejobs.chaos._victim import POINTS, VictimSpec
 
@@ -207,7 +209,9 @@ def run_trial(
     for stale in [*directory.glob("chaos.db*"), log, *directory.glob("victim-*.err")]:
         stale.unlink(missing_ok=True)  # a reused --dir: old rows would count
     began = time.monotonic()
-    db = Database.open(path, seed=seed)
+    # The harness's own connection: it must not block on a paused victim's
+    # lock, so it waits 0.2 s at most and says BusyError (see _run).
+    db = Database.open(path, seed=seed, busy_timeout=0.2, retry=RetryPolicy(attempts=1))
     try:
         parents = seed_tree(db, config.shape)
         killed, crashes, cancelled, timed_out = _run(config, seed, plan, db, parents, directory)
@@ -251,9 +255,9 @@ def _run(
     killed: list[str] = []
     crashes: list[str] = []
     launched = 0
+    # The cancel counts from the first victim's open; inf: none planned, or done.
     cancel_in = cancel_after(seed) if config.cancel and len(parents) > 1 else None
-    first_ready: float | None = None
-    cancelled = False
+    cancel_at, cancelled = math.inf, False
 
     def launch() -> _Slot:
         nonlocal launched
@@ -289,12 +293,14 @@ def _run(
                 break
             for slot in slots:
                 slot.read(now)
-                if first_ready is None:
-                    first_ready = slot.ready_at
+                if cancel_in is not None and slot.ready_at is not None:
+                    cancel_at, cancel_in = slot.ready_at + cancel_in, None
                 if slot.paused is not None and _resume(slot, db, now, config):
                     killed.append("pause")
-            if cancel_in is not None and first_ready is not None and now >= first_ready + cancel_in:
-                cancelled, cancel_in = _cancel(db, parents[-1], config.mutant), None
+            # Not while a victim is paused: it may hold the write lock.
+            if now >= cancel_at and not any(s.paused for s in slots):
+                with contextlib.suppress(BusyError):  # locked: again on the next turn
+                    cancelled, cancel_at = _cancel(db, parents[-1], config.mutant), math.inf
             for slot in list(slots):
                 code = slot.proc.poll()
                 if code is None:
@@ -314,9 +320,9 @@ def _run(
                     if len(crashes) < MAX_CRASHES:
                         slots.append(launch())
                 # exit 0: the tree is finished, as far as that victim saw
-            wake = [deadline, *(s.kill_at for s in slots if s.kill_at)]
-            if cancel_in is not None and first_ready is not None:
-                wake.append(first_ready + cancel_in)
+            # A cancel put off (paused victim, lock) is tried again a poll later.
+            wake = [deadline, max(cancel_at, now + _PAUSE_POLL_S)]
+            wake += [s.kill_at for s in slots if s.kill_at]
             if any(s.paused for s in slots):
                 wake.append(time.monotonic() + _PAUSE_POLL_S)
             _wait(slots, min(wake))
@@ -335,9 +341,12 @@ def _resume(slot: _Slot, db: Database, now: float, config: KillConfig) -> bool:
     assert slot.paused is not None
     receipt, since = slot.paused
     message_id, fence = parse_receipt(receipt)
-    found = db.read(
-        lambda conn: rows(conn, "SELECT fence FROM messages WHERE id = ?", (message_id,))
-    )
+    try:
+        found = db.read(
+            lambda conn: rows(conn, "SELECT fence FROM messages WHERE id = ?", (message_id,))
+        )
+    except BusyError:  # WAL recovery behind the paused victim's lock: let it go
+        found = []
     if found == [(fence,)] and now < since + _PAUSE_LEASES * config.visibility_timeout:
         return False
     slot.proc.send_signal(signal.SIGCONT)
