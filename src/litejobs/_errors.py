@@ -15,7 +15,8 @@ class LiteJobsError(Exception):
 
 class ConfigError(LiteJobsError, ValueError):
     """Raised for an invalid argument or setting: a negative or NaN timeout, an
-    unknown tolerance action, a non-positive batch size."""
+    unknown tolerance action, a non-positive batch size, a queue name, kind or
+    key that is not valid Unicode (a lone surrogate)."""
 
 
 class InvalidPayloadError(LiteJobsError, ValueError):
