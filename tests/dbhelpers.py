@@ -6,6 +6,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import apsw
+
 import litejobs
 from litejobs._db import rows
 
@@ -24,6 +26,11 @@ def _as_stored(conn, table: str) -> str:
     text that is not UTF-8, which apsw cannot decode."""
     names = [name for _, name, *_ in rows(conn, f"PRAGMA table_info({table})")]
     return ", ".join(f"CAST({name} AS BLOB)" for name in names)
+
+
+def open_connections(path: Path) -> int:
+    """How many apsw connections to ``path`` this process has open."""
+    return [conn.filename for conn in apsw.connections()].count(str(path))
 
 
 def file_snapshot(path: Path) -> dict[str, bytes]:

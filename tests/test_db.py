@@ -11,8 +11,8 @@ import apsw
 import pytest
 
 import litejobs
-from dbhelpers import file_snapshot, set_writable, snapshot
-from litejobs._db import APPLICATION_ID, SCHEMA_VERSION, rows
+from dbhelpers import file_snapshot, open_connections, set_writable, snapshot
+from litejobs._db import APPLICATION_ID, SCHEMA_VERSION, BusyAttempt, rows
 
 
 def pragma(db: litejobs.Database, name: str) -> object:
@@ -187,17 +187,22 @@ class TestRetryPolicy:
 
 
 class ReleasingClock(litejobs.VirtualClock):
-    """A virtual clock whose ``n``-th retry sleep lets the lock holder commit."""
+    """A virtual clock whose ``n``-th retry sleep lets the lock holder go
+    (commit, by default)."""
 
-    def __init__(self, holder: apsw.Connection) -> None:
+    def __init__(self, holder: apsw.Connection, release: str = "COMMIT") -> None:
         super().__init__()
         self.holder = holder
+        self.release = release
         self.release_after = 0
 
     def sleep(self, seconds: float) -> None:
         super().sleep(seconds)
         if len(self.slept) == self.release_after:
-            self.holder.execute("COMMIT")
+            if self.release == "close":
+                self.holder.close()
+            else:
+                self.holder.execute(self.release)
 
 
 class TestContention:
@@ -267,10 +272,76 @@ class TestContention:
         with litejobs.Database.open(db_path, clock=clock, busy_timeout=0) as db:
             assert db.retry_metrics.retries == 1
 
+    @pytest.mark.parametrize("release_after", [1, 3])
+    def test_setting_up_a_connection_waits_for_the_lock_and_is_counted(
+        self, db_path, release_after
+    ):
+        litejobs.Database.open(db_path).close()
+        clock = ReleasingClock(exclusive_holder(db_path), release="close")
+        clock.release_after = release_after
+        with litejobs.Database.open(db_path, clock=clock, busy_timeout=0) as db:
+            metrics = db.retry_metrics
+        assert metrics.retries == release_after
+        assert metrics.attempts[release_after + 1] == 1
+        assert metrics.busy_errors == 0
+        assert len(clock.slept) == release_after
+
+    def test_a_connection_that_cannot_be_set_up_is_a_busy_error_and_is_closed(self, db_path):
+        litejobs.Database.open(db_path).close()
+        exclusive = exclusive_holder(db_path)
+        clock = litejobs.VirtualClock()
+        policy = litejobs.RetryPolicy(attempts=3, initial_delay=0.1, jitter=0)
+        try:
+            with pytest.raises(litejobs.BusyError, match="3 attempts") as raised:
+                litejobs.Database.open(db_path, clock=clock, busy_timeout=0, retry=policy)
+            assert raised.value.attempts == 3
+            assert clock.slept == [0.1, 0.2]
+            assert open_connections(db_path) == 1  # only the holder's
+        finally:
+            exclusive.close()
+
     def test_reads_are_not_blocked_by_a_writer(self, db, holder):
         holder.execute("BEGIN IMMEDIATE")
         assert litejobs.Queue(db).stats().total == 0
         assert db.retry_metrics.retries == 0
+
+
+def exclusive_holder(path) -> apsw.Connection:
+    """A connection holding a WAL database in exclusive locking mode: no
+    other connection can even read it, down to the PRAGMAs that set one up."""
+    conn = apsw.Connection(str(path))
+    conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+    rows(conn, "SELECT count(*) FROM sqlite_schema")
+    return conn
+
+
+def test_a_busy_set_up_under_attempt_once_is_a_busy_attempt_and_the_next_attempt_runs(
+    db, db_path, queue, monkeypatch
+):
+    set_up, set_ups = litejobs.Database._set_up, []
+
+    def busy_once(self, conn):
+        set_ups.append(conn)
+        if len(set_ups) == 1:
+            raise apsw.BusyError("database is locked")
+        set_up(self, conn)
+
+    monkeypatch.setattr(litejobs.Database, "_set_up", busy_once)
+    seen: list[object] = []
+
+    def worker_thread() -> None:
+        try:
+            db.attempt_once(queue.stats)
+        except BusyAttempt:
+            seen.append(("busy", open_connections(db_path)))
+        seen.append(db.attempt_once(queue.stats))
+
+    thread = threading.Thread(target=worker_thread)
+    thread.start()
+    thread.join()
+    # the first attempt's connection, never set up, was closed at once
+    assert seen == [("busy", 1), litejobs.QueueStats(visible=0, delayed=0, in_flight=0, dead=0)]
+    assert len(set_ups) == 2
 
 
 def test_every_operation_is_counted_once_even_when_it_raises(db, queue):
@@ -346,14 +417,14 @@ def test_a_thread_s_connection_is_closed_when_the_thread_ends(db):
     import gc
 
     db.connection()
-    before = len(db._connections)
+    before = len(db._slots)
     seen = []
     for _ in range(5):
         thread = threading.Thread(target=lambda: seen.append(db.connection()))
         thread.start()
         thread.join()
     gc.collect()
-    assert len(db._connections) == before
+    assert len(db._slots) == before
     assert len(seen) == 5
     for conn in seen:
         with pytest.raises(apsw.ConnectionClosedError):
@@ -369,3 +440,56 @@ def test_text_apsw_cannot_decode_is_a_payload_error_even_where_a_read_forgot_the
         db.read(lambda conn: rows(conn, "SELECT kind FROM jobs"))
     assert not isinstance(raised.value, UnicodeError)
     assert db.connection().get_autocommit()
+
+
+@pytest.mark.parametrize("where", ["between statements", "inside a statement"])
+def test_close_while_another_thread_is_in_a_call_lets_it_finish_then_closes_its_connection(
+    db_path, clock, where
+):
+    db = litejobs.Database.open(db_path, clock=clock)
+    litejobs.Queue(db, "work").send("x")
+    inside, release = threading.Event(), threading.Event()
+    seen: dict[str, object] = {}
+
+    def wait() -> int:
+        inside.set()
+        release.wait()
+        return 1
+
+    def read(conn: apsw.Connection) -> list:
+        seen["conn"] = conn
+        if where == "inside a statement":
+            conn.create_scalar_function("wait_for_release", wait)
+            return rows(conn, "SELECT count(*) FROM messages WHERE wait_for_release()")
+        found = rows(conn, "SELECT count(*) FROM messages")
+        wait()
+        return found
+
+    def reader() -> None:
+        try:
+            seen["read"] = db.read(read)
+        except BaseException as exc:
+            seen["read"] = exc
+        for name, call in (("then", litejobs.Queue(db, "work").stats), ("conn", db.connection)):
+            try:
+                call()
+            except litejobs.StorageError as exc:
+                seen[f"{name} raised"] = exc
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    mine = db.connection()
+    try:
+        inside.wait()
+        db.close()  # nothing failed to checkpoint: no error
+        with pytest.raises(apsw.ConnectionClosedError):  # an idle connection closes now
+            mine.execute("SELECT 1")
+    finally:
+        release.set()
+        thread.join()
+    assert seen["read"] == [(1,)]  # the reader's call finished as usual
+    with pytest.raises(apsw.ConnectionClosedError):  # and then its connection closed
+        seen["conn"].execute("SELECT 1")  # type: ignore[attr-defined]
+    assert open_connections(db_path) == 0
+    for name in ("then raised", "conn raised"):
+        assert f"database {db_path} is closed" in str(seen[name])

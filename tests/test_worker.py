@@ -363,7 +363,7 @@ def test_a_cancelled_worker_leaves_no_transaction_open(tmp_path):
 
     trio.run(main)
     with db._lock:
-        connections = list(db._connections)
+        connections = [slot.conn for slot in db._slots]
     assert connections, "the workers never reached the database"
     assert all(conn.get_autocommit() for conn in connections)
     intruder.execute("ROLLBACK")

@@ -107,6 +107,10 @@ def _close(conn: apsw.Connection) -> apsw.Error | None:
     return None
 
 
+def _nothing(conn: apsw.Connection) -> None:
+    """An operation that only makes sure the connection is set up."""
+
+
 def _create_private(path: str) -> None:
     """Create a missing database file readable by its owner only (SQLite gives
     the -wal and -shm files the same mode)."""
@@ -138,13 +142,28 @@ def _use_wal(conn: apsw.Connection) -> None:
 
 
 class _Slot:
-    """Holds a thread's connection in the thread's locals; it is collected
-    when the thread ends, and that closes the connection."""
+    """A thread's connection, and what :class:`Database` knows about it."""
 
-    __slots__ = ("__weakref__", "conn")
+    __slots__ = ("__weakref__", "calls", "conn", "ready")
 
     def __init__(self, conn: apsw.Connection) -> None:
         self.conn = conn
+        #: Whether the connection is set up (:meth:`Database._set_up`).
+        self.ready = False
+        #: Calls running on it now: :meth:`Database.close` leaves such a
+        #: connection for its thread to close.
+        self.calls = 0
+
+
+class _Owner:
+    """Holds a thread's slot in the thread's locals; it is collected when the
+    thread ends, and that closes the connection. (Not the slot itself: a
+    traceback kept after the thread ended may still hold the slot.)"""
+
+    __slots__ = ("__weakref__", "slot")
+
+    def __init__(self, slot: _Slot) -> None:
+        self.slot = slot
 
 
 class BusyAttempt(Exception):
@@ -181,7 +200,7 @@ class Database:
         self._vfs = vfs
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._connections: list[apsw.Connection] = []
+        self._slots: weakref.WeakSet[_Slot] = weakref.WeakSet()
         self._counter = RetryCounter()
         self._closed = False
 
@@ -263,68 +282,119 @@ class Database:
     # -- connections -------------------------------------------------------
 
     def connection(self) -> apsw.Connection:
-        """Return this thread's connection, opening it on first use.
+        """Return this thread's connection, opening and setting it up on first use.
 
         The connection is closed when its thread ends (trio retires idle
         worker threads), so connections never outnumber live threads.
+
+        Raises:
+            StorageError: the database is closed, or the file cannot be opened.
+            BusyError, SchemaError: as for any call, setting a new connection
+                up stayed locked, or found a newer schema.
         """
-        slot = getattr(self._local, "slot", None)
-        if slot is None:
-            if self._closed:
-                raise StorageError(f"database {self.path} is closed")
-            slot = _Slot(self._connect())
-            self._local.slot = slot
-            weakref.finalize(slot, self._forget, slot.conn)
+        slot = self._slot()
+        if not slot.ready:
+            self._with_retry(_nothing)  # sets it up under the retry policy
         return slot.conn
 
-    def _forget(self, conn: apsw.Connection) -> None:
-        with self._lock:
-            if conn in self._connections:
-                self._connections.remove(conn)
-        _close(conn)  # nobody to tell: a thread ended, or its first call failed
+    def _slot(self, calls: int = 0) -> _Slot:
+        """This thread's slot, its connection open but maybe not yet set up,
+        with ``calls`` more calls counted on it."""
+        owner = getattr(self._local, "owner", None)
+        new = owner is None and not self._closed
+        if new:
+            owner = self._local.owner = _Owner(_Slot(self._open()))
+            weakref.finalize(owner, _close, owner.slot.conn)
+        # Under the lock, close() sees this call or this call sees close().
+        # (acquire and release, not "with": this runs on every call, and
+        # nothing between them can raise.)
+        self._lock.acquire()
+        if not self._closed and owner is not None:
+            if new:
+                self._slots.add(owner.slot)
+            owner.slot.calls += calls
+            self._lock.release()
+            return owner.slot
+        self._lock.release()
+        if new and owner is not None:  # close() came while it opened
+            self._drop(owner.slot)
+        raise StorageError(f"database {self.path} is closed")
 
-    def _connect(self) -> apsw.Connection:
+    def _leave(self, slot: _Slot) -> None:
+        """End a call on ``slot``. Close its connection if close() came
+        meanwhile, or if it was never set up (a first call that fails leaves
+        no connection open)."""
+        self._lock.acquire()  # as in _slot
+        slot.calls -= 1
+        drop = not slot.calls and (self._closed or not slot.ready)
+        self._lock.release()
+        if drop:
+            self._drop(slot)
+
+    def _drop(self, slot: _Slot) -> None:
+        """Close this thread's connection; nobody to tell if closing fails
+        (the call's own outcome stands)."""
+        with self._lock:
+            self._slots.discard(slot)
+        del self._local.owner
+        _close(slot.conn)
+
+    def _open(self) -> apsw.Connection:
         flags = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE
         try:
             conn = apsw.Connection(self.path, flags=flags, vfs=self._vfs)
         except apsw.Error as exc:
             raise translate(exc, self.path) from exc
-        with self._lock:
-            self._connections.append(conn)
         conn.set_busy_timeout(self.busy_timeout_ms)
-        try:
-            rows(conn, f"PRAGMA synchronous={self.synchronous}")
-            rows(conn, "PRAGMA foreign_keys=ON")
-            ((version,),) = rows(conn, "PRAGMA user_version")
-        except BaseException as exc:
-            # Not yet this thread's: left open, it would outlive the thread.
-            self._forget(conn)
-            if isinstance(exc, apsw.Error):
-                raise translate(exc, self.path) from exc
-            raise
+        return conn
+
+    def _set_up(self, conn: apsw.Connection) -> None:
+        """Apply the per-connection settings and check the schema version.
+
+        Run inside the first call's attempts, under the retry policy: these
+        statements read the file, so they meet ``SQLITE_BUSY`` like any other
+        (in WAL mode while another connection recovers the log, or holds the
+        file in exclusive locking mode).
+        """
+        rows(conn, f"PRAGMA synchronous={self.synchronous}")
+        rows(conn, "PRAGMA foreign_keys=ON")
+        ((version,),) = rows(conn, "PRAGMA user_version")
         if version > SCHEMA_VERSION:
             # A newer litejobs upgraded the file while this one had it open.
-            self._forget(conn)
             raise SchemaError(
                 f"{self.path} now has litejobs schema version {version}, newer than this "
                 f"litejobs understands ({SCHEMA_VERSION}): another, newer litejobs upgraded "
                 "it; upgrade this one too"
             )
-        return conn
 
     def close(self) -> None:
-        """Close every connection. Safe to call twice.
+        """Close the database. Safe to call twice.
+
+        Every call that starts afterwards, on any thread, raises
+        StorageError. A connection idle now is closed now. A connection that
+        another thread is using for a call right now is left to that thread:
+        its call goes on as usual, and the connection is closed as the call
+        returns or raises.
 
         Raises:
             StorageError: checkpointing the log into the file failed (a disk
-                error). Every connection is closed all the same, and nothing
-                committed is lost: the log keeps it for the next open.
+                error) as the last idle connection closed. The connections
+                are closed all the same, and nothing committed is lost: the
+                log keeps it for the next open. (A failed checkpoint by a
+                connection its thread closes later is not reported.)
         """
-        self._closed = True
         with self._lock:
-            connections, self._connections = self._connections, []
-        errors = [exc for exc in map(_close, connections) if exc is not None]
-        self._local = threading.local()
+            self._closed = True
+            idle = [slot for slot in self._slots if not slot.calls]
+            for slot in idle:
+                self._slots.discard(slot)
+        errors = []
+        for slot in idle:
+            error = _close(slot.conn)
+            # ThreadingViolationError: a thread is using the connection outside
+            # a litejobs call (through connection()); its end closes it.
+            if error is not None and not isinstance(error, apsw.ThreadingViolationError):
+                errors.append(error)
         if errors:
             raise StorageError(
                 f"closed database {self.path}, but could not checkpoint its write-ahead log: "
@@ -404,7 +474,14 @@ class Database:
         """Run ``op(conn)`` on this thread's connection, again after each
         ``SQLITE_BUSY`` until the policy's attempts run out, counting the
         attempts once; every other error leaves as :func:`for_caller` says."""
-        conn = self.connection()
+        slot = self._slot(calls=1)
+        try:
+            return self._attempts(slot, op)
+        finally:
+            self._leave(slot)
+
+    def _attempts(self, slot: _Slot, op: Callable[[apsw.Connection], T]) -> T:
+        conn = slot.conn
         if not conn.get_autocommit():
             # Only an interrupt between BEGIN returning and our handler
             # running can leave this; it would hold the write lock forever.
@@ -414,6 +491,9 @@ class Database:
         delays: Iterator[float] | None = None  # made on the first busy attempt only
         while True:
             try:
+                if not slot.ready:
+                    self._set_up(conn)
+                    slot.ready = True
                 result = op(conn)
             except apsw.BusyError:
                 if once:
