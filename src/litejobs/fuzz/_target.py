@@ -11,6 +11,7 @@ from pathlib import Path
 
 import attrs
 from hypothesis import settings
+from hypothesis.core import HypothesisHandle
 from hypothesis.database import ExampleDatabase
 from hypothesis.internal.observability import with_observability_callback
 from hypothesis.stateful import get_state_machine_test
@@ -41,7 +42,9 @@ class FuzzTarget:
         # Hypothesis splits this out of run_state_machine_as_test for fuzzers:
         # the same test, and so the same database key, as the TestCase's.
         test = get_state_machine_test(machine, settings=config)
-        return cls(name, test.hypothesis.fuzz_one_input, len(rule_names(machine)))
+        # Typed as a plain callable since Hypothesis 6.16x; it is a @given test.
+        handle: HypothesisHandle = getattr(test, "hypothesis")  # noqa: B009
+        return cls(name, handle.fuzz_one_input, len(rule_names(machine)))
 
     def run(self, buffer: bytes) -> BaseException | None:
         """Run one input; count it; return the failure, if it failed (Hypothesis
