@@ -73,7 +73,7 @@ class WorkerStats:
     retried: int = 0
     released: int = 0
     skipped: int = 0
-    unreadable: int = 0  # messages or jobs whose stored JSON could not be read
+    unreadable: int = 0  # messages or jobs whose stored text or JSON could not be read
     lost_leases: int = 0
     busy_errors: int = 0
     busy_s: float = 0.0
@@ -292,7 +292,8 @@ class WorkerPool:
             stats.skipped += 1
             return
         except InvalidPayloadError:
-            # The job's stored payload is unreadable: leave it be. Its message
+            # The job's row holds text that is not UTF-8 JSON (payload, kind,
+            # error, warning): leave it be. Its message
             # comes back until it is dead-lettered, which fails the job.
             stats.unreadable += 1
             return
