@@ -196,12 +196,13 @@ async def _serve(db: Database, spec: VictimSpec, tripwire: Tripwire) -> None:
         visibility_timeout=spec.visibility_timeout,
         seed=spec.seed,
     )
-    parent, started, plain = os.getppid(), runtime.now_ms(), plain_queue(db)
+    parent, started = os.getppid(), runtime.now_ms()
+    plain = plain_queue(db) if spec.shape.plain else None  # a storm has none: no polls
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(pool.run)
             while os.getppid() == parent:
-                if await serve_plain(pool, plain, log):
+                if plain is not None and await serve_plain(pool, plain, log):
                     continue
                 if await pool.call(tree_done, db):
                     break
