@@ -134,10 +134,16 @@ def test_invalid_json_written_from_outside_is_a_payload_error_on_read(db, queue)
 # with InvalidPayloadError, and none may block the queue or stop a pool.
 NOT_UTF8 = "CAST(x'7bff7d' AS TEXT)"  # '{', a byte no UTF-8 text holds, '}'
 NOT_JSON = "'{\"open\": ['"
+# Valid UTF-8 JSON whose escape decodes to a lone surrogate: a job id no
+# statement can bind, were it let through.
+NOT_UNICODE = """'{"job_id": "\\ud800"}'"""
+BAD_NAMES = {NOT_UTF8: "not-utf8", NOT_JSON: "not-json", NOT_UNICODE: "not-unicode"}
 
 
 @pytest.mark.parametrize(
-    ("bad", "why"), [(NOT_UTF8, "not valid UTF-8"), (NOT_JSON, "invalid JSON")]
+    ("bad", "why"),
+    [(NOT_UTF8, "not valid UTF-8"), (NOT_JSON, "invalid JSON"), (NOT_UNICODE, "not valid Unicode")],
+    ids=["not-utf8", "not-json", "not-unicode"],
 )
 def test_an_unreadable_body_keeps_its_claim_and_reaches_the_dead_letters(
     db, queue, clock, bad, why
@@ -166,8 +172,8 @@ def received(db, *ids):
 
 @pytest.mark.parametrize(
     ("bad", "why"),
-    [(NOT_UTF8, "not valid UTF-8"), (NOT_JSON, "invalid JSON")],
-    ids=["not-utf8", "not-json"],
+    [(NOT_UTF8, "not valid UTF-8"), (NOT_JSON, "invalid JSON"), (NOT_UNICODE, "not valid Unicode")],
+    ids=["not-utf8", "not-json", "not-unicode"],
 )
 def test_a_batch_with_an_unreadable_body_gives_the_rest_back_unspent(db, queue, clock, bad, why):
     first, poisoned, last = queue.send_batch(["a", "b", "c"])
@@ -293,12 +299,14 @@ def test_a_queue_name_that_is_not_utf8_is_a_payload_error_when_a_receipt_is_refu
         ("body", NOT_UTF8),
         ("body", NOT_JSON),
         ("payload", NOT_UTF8),
+        ("body", NOT_UNICODE),
         ("payload", NOT_JSON),
+        ("payload", NOT_UNICODE),
         ("kind", NOT_UTF8),
         ("error", NOT_UTF8),
         ("warning", NOT_UTF8),
     ],
-    ids=lambda v: {NOT_UTF8: "not-utf8", NOT_JSON: "not-json"}.get(v, v),
+    ids=lambda v: BAD_NAMES.get(v, v),
 )
 def test_one_unreadable_row_does_not_stop_a_pool(tmp_path, column, bad):
     runtime = InlineRuntime()
@@ -335,6 +343,38 @@ def test_one_unreadable_row_does_not_stop_a_pool(tmp_path, column, bad):
         else:  # the bad column stays as it was written, and still says so
             with pytest.raises(litejobs.InvalidPayloadError, match=f"^{column} of job {poisoned}"):
                 store.get(poisoned)
+
+
+@pytest.mark.parametrize("outcome", ["raises", "returns"])
+def test_a_row_made_unreadable_while_its_handler_runs_does_not_stop_a_pool(tmp_path, outcome):
+    # Recording the outcome reads the row back: it is unreadable then.
+    runtime = InlineRuntime()
+    with litejobs.Database.open(tmp_path / "p.db", clock=runtime.clock) as db:
+        queue, store = litejobs.Queue(db, "jobs"), litejobs.JobStore(db)
+        parent = store.create_parent("batch")
+        poisoned, *rest = store.spawn_children(parent, "echo", [1, 2, 3], queue=queue)
+
+        async def echo(job, ctx):
+            if job.id == poisoned:
+                rows(db.connection(), f"UPDATE jobs SET kind = {NOT_UTF8} WHERE id = ?", (job.id,))
+                if outcome == "raises":
+                    raise RuntimeError("the handler failed")
+            return job.payload
+
+        async def main():
+            pool = WorkerPool(store, queue, {"echo": echo}, runtime=runtime, visibility_timeout=5)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(pool.run)
+                while any(not store.get(job).status.terminal for job in rest):
+                    await runtime.sleep(1)
+                await runtime.sleep(20)  # the poisoned job's lease runs out meanwhile
+                pool.stop()
+            return pool.stats
+
+        stats = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+        assert [store.get(job).status for job in rest] == [litejobs.JobStatus.COMPLETED] * 2
+        assert stats.total("unreadable") >= 2  # its outcome, then its start when redelivered
+        assert stats.total("completed") == 2
 
 
 # -- text that is not valid Unicode ---------------------------------------------------

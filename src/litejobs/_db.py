@@ -306,16 +306,12 @@ class Database:
             owner = self._local.owner = _Owner(_Slot(self._open()))
             weakref.finalize(owner, _close, owner.slot.conn)
         # Under the lock, close() sees this call or this call sees close().
-        # (acquire and release, not "with": this runs on every call, and
-        # nothing between them can raise.)
-        self._lock.acquire()
-        if not self._closed and owner is not None:
-            if new:
-                self._slots.add(owner.slot)
-            owner.slot.calls += calls
-            self._lock.release()
-            return owner.slot
-        self._lock.release()
+        with self._lock:
+            if not self._closed and owner is not None:
+                if new:
+                    self._slots.add(owner.slot)
+                owner.slot.calls += calls
+                return owner.slot
         if new and owner is not None:  # close() came while it opened
             self._drop(owner.slot)
         raise StorageError(f"database {self.path} is closed")
@@ -324,10 +320,9 @@ class Database:
         """End a call on ``slot``. Close its connection if close() came
         meanwhile, or if it was never set up (a first call that fails leaves
         no connection open)."""
-        self._lock.acquire()  # as in _slot
-        slot.calls -= 1
-        drop = not slot.calls and (self._closed or not slot.ready)
-        self._lock.release()
+        with self._lock:  # as in _slot
+            slot.calls -= 1
+            drop = not slot.calls and (self._closed or not slot.ready)
         if drop:
             self._drop(slot)
 

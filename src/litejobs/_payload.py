@@ -4,6 +4,7 @@ executes anything."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, overload
 
 from litejobs._errors import InvalidPayloadError
@@ -71,14 +72,34 @@ def stored_text(value: bytes | None, what: str) -> str | None:
         ) from None
 
 
+#: A ``\\uD800``-``\\uDFFF`` escape: the only way JSON text that is valid
+#: UTF-8 can decode to a lone surrogate. :func:`dumps` never writes one.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
 def loads(text: str | bytes | None, what: str) -> Any:
     """Decode JSON written by :func:`dumps` (as text, or as its UTF-8 bytes);
-    ``None`` stays ``None``."""
+    ``None`` stays ``None``.
+
+    Raises:
+        InvalidPayloadError: the bytes are not UTF-8, the text is not JSON, or
+            it decodes to text that is not valid Unicode (``"\\ud800"``, which
+            only something other than litejobs writes): what :func:`dumps`
+            refuses is refused on the way back too, so no caller meets it.
+    """
     if text is None:
         return None
     if isinstance(text, bytes):
         text = stored_text(text, what)
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise InvalidPayloadError(f"{what} holds invalid JSON: {exc}") from None
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text):  # rare: look closer
+        try:
+            _encoder.encode(value).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidPayloadError(
+                f"{what} holds text that is not valid Unicode: {exc.reason}"
+            ) from None
+    return value

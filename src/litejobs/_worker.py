@@ -318,6 +318,8 @@ class WorkerPool:
                 await self._finish(self.store.release, job.id, message.receipt)
             except (StaleReceiptError, InvalidTransitionError):  # cancelled, or re-leased
                 stats.lost_leases += 1
+            except InvalidPayloadError:  # the row turned unreadable meanwhile
+                stats.unreadable += 1
             else:
                 stats.released += 1
         elif isinstance(outcome, _Failure):
@@ -399,6 +401,11 @@ class WorkerPool:
             )
         except (StaleReceiptError, InvalidTransitionError):
             stats.lost_leases += 1
+            return
+        except InvalidPayloadError:
+            # Written from outside while the handler ran: the lease runs out
+            # and the message comes back until it is dead-lettered.
+            stats.unreadable += 1
             return
         if after.status is JobStatus.PENDING:
             stats.retried += 1
