@@ -6,7 +6,7 @@ One trial::
     seed the tree ──> start P victim processes (2 workers each)
          │            each may carry a kill point (see litejobs.chaos._victim)
          │            or be killed by this process after a random delay
-         ├──> a victim pauses: resume it once another worker holds its job
+         ├──> a victim pauses: resume it once another worker holds its message
          ├──> the cancel instant comes: cancel the last parent
          ├──> a victim dies by SIGKILL: start a fresh one (next kill from the plan)
          ├──> every victim exits 0: the tree is finished
@@ -53,6 +53,7 @@ _AT = {
     "handler": 12,
     "effect": 12,
     "pause": 12,
+    "plain": 4,
     "batch": 3,
     "delete": 12,
     "commit": 40,
@@ -296,7 +297,7 @@ def _run(
                 if cancel_in is not None and slot.ready_at is not None:
                     cancel_at, cancel_in = slot.ready_at + cancel_in, None
                 if slot.paused is not None and _resume(slot, db, now, config):
-                    killed.append("pause")
+                    killed.append(slot.kill.point if slot.kill else "unplanned")
             # Not while a victim is paused: it may hold the write lock.
             if now >= cancel_at and not any(s.paused for s in slots):
                 with contextlib.suppress(BusyError):  # locked: again on the next turn

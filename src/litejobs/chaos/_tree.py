@@ -13,6 +13,7 @@ message had. After a run, :func:`check_tree` compares the file with what the
 tree must have become::
 
     plain messages    ──> deleted once, by a run under the live receipt?
+                      ──> not while that run's own delete was refused?
     expected children ──> missing?   (lost: spawned work that never arrived)
     children present  ──> extra?     (double effect: a spawn that happened twice)
                       ──> completed, with a result a logged run produced?
@@ -28,7 +29,6 @@ tree must have become::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Callable, Collection
@@ -60,7 +60,9 @@ class TreeShape:
     A handler works ``work_s``; one whose job was redelivered after a lost
     lease (not after a failure) works ``rerun_s``, so that a worker resumed
     after a pause meets the job while its new holder is still at it. Every
-    ``fail_every``-th key (0: none) fails its first attempt.
+    ``fail_every``-th key (0: none) fails its first attempt. The ``plain``
+    messages become visible ``plain_after_s`` after seeding, once every
+    process is up, so that no process takes them all while another starts.
     """
 
     parents: int = 2
@@ -70,15 +72,19 @@ class TreeShape:
     rerun_s: float = 0.25
     fail_every: int = 5
     plain: int = 8
+    plain_after_s: float = 0.5
 
     def __attrs_post_init__(self) -> None:
         if min(self.parents, self.children) < 1:
             raise ConfigError("a tree needs at least 1 parent and 1 child per parent")
-        if min(self.fan_out, self.work_s, self.rerun_s, self.fail_every, self.plain) < 0:
-            raise ConfigError(
-                "fan_out, work_s, rerun_s, fail_every and plain must be >= 0, got "
-                f"{self.fan_out}, {self.work_s}, {self.rerun_s}, {self.fail_every}, {self.plain}"
-            )
+        numbers = {
+            name: getattr(self, name)
+            for name in ("fan_out", "work_s", "rerun_s", "fail_every", "plain", "plain_after_s")
+        }
+        negative = {name: value for name, value in numbers.items() if value < 0}
+        if negative:
+            got = ", ".join(f"{name}={value}" for name, value in negative.items())
+            raise ConfigError(f"{', '.join(numbers)} must be >= 0, got {got}")
 
     @property
     def jobs(self) -> int:
@@ -141,7 +147,9 @@ def seed_tree(db: Database, shape: TreeShape, *, audit: bool = True) -> list[str
             parent, KIND, [{"key": key, "depth": 0} for key in keys], queue=queue, keys=keys
         )
         parents.append(parent)
-    plain_queue(db).send_batch([{"plain": i} for i in range(shape.plain)])
+    plain = plain_queue(db)
+    for i in range(shape.plain):
+        plain.send({"plain": i}, delay=shape.plain_after_s)
     return parents
 
 
@@ -208,21 +216,35 @@ class RunLog:
         return runs
 
 
-#: Called with a point's name ("handler", "effect") and the run's receipt at
-#: each handler step, so a harness can kill or pause the process there.
+#: Called with a point's name ("handler", "effect", "plain") and the run's receipt at
+#: each handler step and plain message, so a harness can kill or pause the process there.
 Hook = Callable[[str, str], None]
 
 
-async def serve_plain(pool: WorkerPool, queue: Queue, log: RunLog) -> bool:
-    """Take one plain message: log the run under its receipt, then delete it
-    (a stale receipt means another process has it now). Return whether there
-    was one."""
+def plain_refused(receipt: str) -> str:
+    """The run log's name for a plain message's delete refused under ``receipt``."""
+    return f"x{receipt}"
+
+
+async def serve_plain(
+    pool: WorkerPool, queue: Queue, log: RunLog, hook: Hook, hold_s: float
+) -> bool:
+    """Take one plain message: log the run under its receipt, then delete it.
+    A redelivered message is held ``hold_s`` first, so that a holder paused
+    past its lease (``hook``) resumes while this one has it. A refused delete
+    (another process has it now) is logged too: the message must then be
+    deleted under another receipt. Return whether there was a message."""
     message = await pool.call(queue.receive, visibility_timeout=pool.visibility_timeout)
     if message is None:
         return False
     log.record(plain_run(message.receipt))
-    with contextlib.suppress(StaleReceiptError):
+    hook("plain", message.receipt)
+    if message.receive_count > 1:
+        await pool.runtime.sleep(hold_s)
+    try:
         await pool.call(queue.delete, message.receipt)
+    except StaleReceiptError:
+        log.record(plain_refused(message.receipt))
     return True
 
 
@@ -267,7 +289,7 @@ class TreeCheck:
     stuck: int  # pending or running, message still there, when the run ended
     unrecorded: int  # completed with a result no logged run produced
     rewritten: int  # results written to a job more than once
-    stale: int  # completed under a receipt that no longer held the message
+    stale: int  # completed (a plain message: deleted) under a receipt that no longer held it
     overruns: int  # jobs run more often than started, or started more than received
     mishandled: int  # a failing key that never failed, or an error nobody raised
     rollups_wrong: int  # parents whose status disagrees with their children
@@ -357,12 +379,14 @@ def _check(
         conn, "SELECT message_id, fence FROM chaos_deletes WHERE queue = ?", (PLAIN_QUEUE,)
     )
     ((plain_left,),) = rows(conn, "SELECT count(*) FROM messages WHERE queue = ?", (PLAIN_QUEUE,))
-    counts["plain_lost"] = (
-        shape.plain
-        - len(plain)
-        - plain_left
-        + sum(plain_run(f"{message_id}:{fence}") not in runs for message_id, fence in plain)
-    )
+    if audited:  # without the audit, only messages_left can tell
+        receipts = [f"{message_id}:{fence}" for message_id, fence in plain]
+        counts["plain_lost"] = (
+            shape.plain - len(plain) - plain_left + sum(plain_run(r) not in runs for r in receipts)
+        )
+        # Deleted under the receipt of a holder whose own delete was refused:
+        # somebody else's stale receipt deleted it.
+        counts["stale"] += sum(plain_refused(r) in runs for r in receipts)
     expected = rollups_wrong = 0
     for parent in parents:
         children = rows(

@@ -2,8 +2,8 @@
 trial's file, which may be told to SIGKILL itself at a chosen instant.
 
 Run as ``python -m litejobs.chaos._victim SPEC`` where SPEC is the JSON of
-:class:`VictimSpec`. It works, taking the tree's plain messages between
-jobs, until the tree is done (then exits 0), its parent process goes away,
+:class:`VictimSpec`. It works, taking one of the tree's plain messages
+each poll, until the tree is done (then exits 0), its parent process goes away,
 or it dies where it was told to.
 
 The instants it can die at (``die``, counted over the process's life):
@@ -17,6 +17,8 @@ The instants it can die at (``die``, counted over the process's life):
   printing ``paused RECEIPT``; the harness resumes it once its lease has
   run out and another worker holds the job, so that it records a result
   under a stale receipt;
+- ``plain``: stops like ``pause``, after the N-th run of a plain message and
+  before its delete, so that it deletes under a stale receipt;
 - ``batch``: inside the N-th spawn transaction, between two of its inserts;
 - ``delete``: just before the N-th statement that deletes a job's message
   (inside ``complete``'s transaction, so dying there must undo the result);
@@ -70,7 +72,20 @@ from litejobs.chaos._tree import (
     tree_queue,
 )
 
-POINTS = ("receive", "handler", "effect", "pause", "batch", "delete", "commit", "write", "sync")
+POINTS = (
+    "receive",
+    "handler",
+    "effect",
+    "pause",
+    "plain",
+    "batch",
+    "delete",
+    "commit",
+    "write",
+    "sync",
+)
+#: The points where the process stops (SIGSTOP) for the harness to resume.
+PAUSES = ("pause", "plain")
 #: The points that are I/O calls, and the fault that marks each: the victim's
 #: VFS fires it and the victim dies instead of failing the call.
 _IO_POINTS = {"write": FaultKind.SHORT_WRITE, "sync": FaultKind.FSYNC_EIO}
@@ -132,7 +147,7 @@ class Tripwire:
             self.seen[point] += 1
             if self.seen[point] != self.at:
                 return
-            if point == "pause":
+            if point in PAUSES:
                 _pause(receipt)
             else:
                 _die()
@@ -202,8 +217,9 @@ async def _serve(db: Database, spec: VictimSpec, tripwire: Tripwire) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(pool.run)
             while os.getppid() == parent:
-                if plain is not None and await serve_plain(pool, plain, log):
-                    continue
+                # One plain message a poll, so that every process takes some.
+                if plain is not None:
+                    await serve_plain(pool, plain, log, tripwire, spec.shape.rerun_s)
                 if await pool.call(tree_done, db):
                     break
                 await runtime.sleep(spec.poll_interval)
