@@ -411,6 +411,13 @@ def test_chaos_kill_prints_its_table_and_exits_0(capsys):
     assert "[1/1] seed 7: ok" in out.err
 
 
+@pytest.mark.parametrize(("flag", "cancel"), [([], True), (["--no-cancel"], False)])
+def test_chaos_kill_cancels_a_parent_unless_told_not_to(capsys, flag, cancel):
+    argv = ["chaos", "kill", "--trials", "1", "--kills", "0", "--children", "2", "--json"]
+    assert _cli.main([*argv, *flag]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["cancel"] is cancel
+
+
 def test_chaos_kill_exits_1_when_a_trial_fails(capsys):
     argv = ["chaos", "kill", "--trials", "1", "--kills", "0", "--mutant", "no_such_mutant"]
     assert _cli.main([*argv, "--json"]) == 1

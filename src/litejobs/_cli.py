@@ -176,9 +176,10 @@ def _chaos_parser(commands: argparse._SubParsersAction) -> None:
             "SIGKILLs them at planned points (right after a receive, as a handler starts, "
             "after its effect, inside a spawn batch, before a message delete, before a "
             "COMMIT, inside a write to the file or its log, as an fsync begins) and at "
-            "random instants, pauses some past their leases, cancels a parent, restarts "
-            "them, and checks the finished file: nothing lost, no double effect (no result "
-            "written twice or under a stale receipt), nothing stuck, retries and roll-ups "
+            "random instants, pauses some past their leases (holding a job or a plain "
+            "message), cancels a parent, restarts them, and checks the finished file: nothing "
+            "lost, no double effect (no result written twice or under a stale receipt, no "
+            "message deleted under one), nothing stuck, retries and roll-ups "
             "right, integrity_check ok. Prints a table; exit status 1 if any trial failed."
         ),
     )
@@ -192,7 +193,9 @@ def _chaos_parser(commands: argparse._SubParsersAction) -> None:
     kill.add_argument("--fan-out", type=int, default=3, help="jobs each child spawns")
     kill.add_argument("--deadline", type=float, default=120.0, help="seconds per trial")
     kill.add_argument(
-        "--no-cancel", dest="cancel", action="store_false", help="never cancel a parent"
+        "--no-cancel",
+        action="store_true",
+        help="never cancel a parent (without it, each trial cancels its last one)",
     )
     kill.add_argument("--mutant", default=None, help="run a seeded bug (test extra)")
     kill.add_argument("--dir", default=None, help="keep the trials' files here")
@@ -476,7 +479,7 @@ def _chaos_kill(args: argparse.Namespace) -> int:
         shape=chaos.TreeShape(parents=args.parents, children=args.children, fan_out=args.fan_out),
         deadline_s=args.deadline,
         mutant=args.mutant,
-        cancel=args.cancel,
+        cancel=not args.no_cancel,
     )
 
     def progress(t: chaos.TrialResult) -> None:
