@@ -500,7 +500,7 @@ def format_kill(report: KillReport) -> str:
         f"| handler runs (a job may run more than once) | {report.total('runs')} |",
         f"| lost | {sum(t.check.lost for t in trials)} |",
         f"| double effects | {sum(t.check.double_effects for t in trials)} |",
-        f"| of which results under a stale receipt | {report.total('stale')} |",
+        f"| of which results or plain deletes under a stale receipt | {report.total('stale')} |",
         f"| of which results written twice | {report.total('rewritten')} |",
         f"| of which runs beyond starts, starts beyond receives | {report.total('overruns')} |",
         f"| first-attempt failures wrong | {report.total('mishandled')} |",
