@@ -348,6 +348,7 @@ def test_a_victim_that_keeps_crashing_fails_the_trial_instead_of_looping(tmp_pat
         lambda: TreeShape(fan_out=-1),
         lambda: TreeShape(fail_every=-1),
         lambda: TreeShape(rerun_s=-0.5),
+        lambda: TreeShape(plain_after_s=-1),
         lambda: KillConfig(checkpoint_pages=0),
         lambda: StormConfig(workers=0),
     ],

@@ -228,15 +228,15 @@ def plain_refused(receipt: str) -> str:
 
 async def serve_plain(
     pool: WorkerPool, queue: Queue, log: RunLog, hook: Hook, hold_s: float
-) -> bool:
-    """Take one plain message: log the run under its receipt, then delete it.
-    A redelivered message is held ``hold_s`` first, so that a holder paused
-    past its lease (``hook``) resumes while this one has it. A refused delete
-    (another process has it now) is logged too: the message must then be
-    deleted under another receipt. Return whether there was a message."""
+) -> None:
+    """Take one plain message, if there is one: log the run under its
+    receipt, then delete it. A redelivered message is held ``hold_s`` first,
+    so that a holder paused past its lease (``hook``) resumes while this one
+    has it. A refused delete (another process has it now) is logged too: the
+    message must then be deleted under another receipt."""
     message = await pool.call(queue.receive, visibility_timeout=pool.visibility_timeout)
     if message is None:
-        return False
+        return
     log.record(plain_run(message.receipt))
     hook("plain", message.receipt)
     if message.receive_count > 1:
@@ -245,7 +245,6 @@ async def serve_plain(
         await pool.call(queue.delete, message.receipt)
     except StaleReceiptError:
         log.record(plain_refused(message.receipt))
-    return True
 
 
 def tree_handlers(
