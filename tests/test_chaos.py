@@ -290,8 +290,6 @@ def test_a_resumed_worker_acting_under_a_stale_receipt_is_caught(tmp_path, point
     # resumed while another holds the job (or plain message) records its
     # result (deletes the message) anyway. No failing keys: a retried job's
     # new holder works rerun_s only after a lost lease, not after a failure.
-    # Enough plain messages that neither process takes them all while the
-    # other starts.
     config = KillConfig(
         processes=2,
         mutant="delete_ignores_receipt",

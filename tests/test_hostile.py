@@ -138,13 +138,18 @@ NOT_JSON = "'{\"open\": ['"
 # statement can bind, were it let through.
 NOT_UNICODE = """'{"job_id": "\\ud800"}'"""
 BAD_NAMES = {NOT_UTF8: "not-utf8", NOT_JSON: "not-json", NOT_UNICODE: "not-unicode"}
+#: Each unreadable body, and what its error says.
+UNREADABLE_BODIES = [
+    pytest.param(bad, why, id=BAD_NAMES[bad])
+    for bad, why in [
+        (NOT_UTF8, "not valid UTF-8"),
+        (NOT_JSON, "invalid JSON"),
+        (NOT_UNICODE, "not valid Unicode"),
+    ]
+]
 
 
-@pytest.mark.parametrize(
-    ("bad", "why"),
-    [(NOT_UTF8, "not valid UTF-8"), (NOT_JSON, "invalid JSON"), (NOT_UNICODE, "not valid Unicode")],
-    ids=["not-utf8", "not-json", "not-unicode"],
-)
+@pytest.mark.parametrize(("bad", "why"), UNREADABLE_BODIES)
 def test_an_unreadable_body_keeps_its_claim_and_reaches_the_dead_letters(
     db, queue, clock, bad, why
 ):
@@ -170,11 +175,7 @@ def received(db, *ids):
     return [rows(conn, "SELECT received FROM messages WHERE id = ?", (i,))[0][0] for i in ids]
 
 
-@pytest.mark.parametrize(
-    ("bad", "why"),
-    [(NOT_UTF8, "not valid UTF-8"), (NOT_JSON, "invalid JSON"), (NOT_UNICODE, "not valid Unicode")],
-    ids=["not-utf8", "not-json", "not-unicode"],
-)
+@pytest.mark.parametrize(("bad", "why"), UNREADABLE_BODIES)
 def test_a_batch_with_an_unreadable_body_gives_the_rest_back_unspent(db, queue, clock, bad, why):
     first, poisoned, last = queue.send_batch(["a", "b", "c"])
     rows(db.connection(), f"UPDATE messages SET body = {bad} WHERE id = ?", (poisoned,))

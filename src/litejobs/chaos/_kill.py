@@ -170,6 +170,11 @@ class _Slot:
     _partial: bytes = b""
 
     @property
+    def point(self) -> str:
+        """What the victim was planned to die (or pause) at, for the tally."""
+        return self.kill.point if self.kill else "unplanned"
+
+    @property
     def kill_at(self) -> float | None:
         if self.kill is None or self.kill.point != "random" or self.ready_at is None:
             return None
@@ -297,7 +302,7 @@ def _run(
                 if cancel_in is not None and slot.ready_at is not None:
                     cancel_at, cancel_in = slot.ready_at + cancel_in, None
                 if slot.paused is not None and _resume(slot, db, now, config):
-                    killed.append(slot.kill.point if slot.kill else "unplanned")
+                    killed.append(slot.point)
             # Not while a victim is paused: it may hold the write lock.
             if now >= cancel_at and not any(s.paused for s in slots):
                 with contextlib.suppress(BusyError):  # locked: again on the next turn
@@ -314,7 +319,7 @@ def _run(
                 _close(slot)
                 slots.remove(slot)
                 if code == -signal.SIGKILL:
-                    killed.append(slot.kill.point if slot.kill else "unplanned")
+                    killed.append(slot.point)
                     slots.append(launch())
                 elif code != 0:
                     crashes.append(_last_line(slot.stderr) or f"exit status {code}")

@@ -374,14 +374,21 @@ def _check(
         )
     }
     counts = dict.fromkeys(_COUNTS, 0)
-    plain = rows(
-        conn, "SELECT message_id, fence FROM chaos_deletes WHERE queue = ?", (PLAIN_QUEUE,)
-    )
-    ((plain_left,),) = rows(conn, "SELECT count(*) FROM messages WHERE queue = ?", (PLAIN_QUEUE,))
     if audited:  # without the audit, only messages_left can tell
-        receipts = [f"{message_id}:{fence}" for message_id, fence in plain]
+        receipts = [
+            f"{message_id}:{fence}"
+            for message_id, fence in rows(
+                conn, "SELECT message_id, fence FROM chaos_deletes WHERE queue = ?", (PLAIN_QUEUE,)
+            )
+        ]
+        ((plain_left,),) = rows(
+            conn, "SELECT count(*) FROM messages WHERE queue = ?", (PLAIN_QUEUE,)
+        )
         counts["plain_lost"] = (
-            shape.plain - len(plain) - plain_left + sum(plain_run(r) not in runs for r in receipts)
+            shape.plain
+            - len(receipts)
+            - plain_left
+            + sum(plain_run(r) not in runs for r in receipts)
         )
         # Deleted under the receipt of a holder whose own delete was refused:
         # somebody else's stale receipt deleted it.
